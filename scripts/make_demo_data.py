@@ -1,0 +1,74 @@
+"""Rebuild the embedded demo set from the team's licensed source images (maintainers only).
+
+python scripts/make_demo_data.py --source ../shared/data --out src/stylegan_transfer/assets/demo
+
+Domain A: public-domain landscape photos (Debian endless-sky-data), one centred square each.
+Domain B: public-domain paintings by Van Gogh and the Impressionists (Debian gcompris-qt-data), several
+square crops each. Everything is downscaled to 128x128 JPEG to keep the package small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+
+from PIL import Image
+
+SIZE = 128
+CC_LICENSED = re.compile(r"bwerner|myrabella|dmottl|mfield|sfiera|striker|harro|iridium|spfld")
+PAINTERS = re.compile(r"vangogh|Van_Gogh|Renoir|Cassatt|Bazille")
+N_TRAIN_PHOTOS, N_TEST = 64, 6
+
+
+def square(image: Image.Image, fx: float) -> Image.Image:
+    """The largest square whose centre sits at fraction `fx` along the long side."""
+    w, h = image.size
+    s = min(w, h)
+    if w >= h:
+        x = round((w - s) * fx)
+        return image.crop((x, 0, x + s, s))
+    y = round((h - s) * fx)
+    return image.crop((0, y, s, y + s))
+
+
+def save(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS).save(path, quality=90, optimize=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--source", type=Path, required=True, help="folder with photos/ paintings/ licenses/")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    photos = sorted(p for p in (args.source / "photos").glob("*.jpg") if not CC_LICENSED.search(p.name))
+    step = max(1, len(photos) // (N_TRAIN_PHOTOS + N_TEST))
+    photos = photos[::step][: N_TRAIN_PHOTOS + N_TEST]
+    for i, path in enumerate(photos):
+        split = "testA" if i % 11 == 5 and sum(1 for j in range(i) if j % 11 == 5) < N_TEST else "trainA"
+        save(square(Image.open(path), 0.5), args.out / split / f"{path.stem}.jpg")
+    paintings = sorted(
+        p for p in (args.source / "paintings").glob("gcompris_*.jpg") if PAINTERS.search(p.name)
+    )
+    for i, path in enumerate(paintings):
+        split = "testB" if i in (1, len(paintings) - 2) else "trainB"
+        image = Image.open(path)
+        for fx in (0.0, 0.5, 1.0):
+            save(square(image, fx), args.out / split / f"{path.stem}_{int(fx * 2)}.jpg")
+        w, h = image.size  # plus a zoomed-in centre crop for brush-stroke detail
+        save(
+            image.crop((w // 4, h // 4, w // 4 + min(w, h) // 2, h // 4 + min(w, h) // 2)),
+            args.out / split / f"{path.stem}_zoom.jpg",
+        )
+    for split in ("trainA", "trainB", "testA", "testB"):
+        print(split, len(list((args.out / split).glob("*.jpg"))))
+
+
+if __name__ == "__main__":
+    main()

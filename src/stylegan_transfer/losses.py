@@ -1,0 +1,119 @@
+"""Loss functions as pure functions of tensors.
+
+No weights (`lambda_*`) live here: the training step combines the terms. Adversarial losses take the
+discriminator's raw logits. Conventions follow the CycleGAN reference: LSGAN targets 1 (real) and 0 (fake),
+the discriminator loss is the mean of its real and fake terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+GanMode = Literal["lsgan", "vanilla", "hinge", "wgangp"]
+GAN_MODES: tuple[str, ...] = ("lsgan", "vanilla", "hinge", "wgangp")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in GAN_MODES:
+        raise ValueError(f"unknown gan_mode {mode!r}; choose one of {GAN_MODES}")
+
+
+def generator_adversarial(fake_logits: torch.Tensor, mode: GanMode) -> torch.Tensor:
+    """Loss of a generator whose outputs the discriminator scored `fake_logits`."""
+    _check_mode(mode)
+    fake_logits = fake_logits.float()
+    if mode == "lsgan":
+        return F.mse_loss(fake_logits, torch.ones_like(fake_logits))
+    if mode == "vanilla":
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    return -fake_logits.mean()  # hinge and WGAN share the generator term
+
+
+def discriminator_adversarial(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, mode: GanMode
+) -> torch.Tensor:
+    """Discriminator loss; for lsgan/vanilla it is 0.5 * (real term + fake term) as in the reference."""
+    _check_mode(mode)
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    if mode == "lsgan":
+        real = F.mse_loss(real_logits, torch.ones_like(real_logits))
+        fake = F.mse_loss(fake_logits, torch.zeros_like(fake_logits))
+        return 0.5 * (real + fake)
+    if mode == "vanilla":
+        real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+        fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        return 0.5 * (real + fake)
+    if mode == "hinge":
+        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+    return fake_logits.mean() - real_logits.mean()  # wgangp critic (add gradient_penalty separately)
+
+
+def gradient_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,  # (B, C, H, W)
+    fake: torch.Tensor,  # (B, C, H, W)
+    *,
+    alpha: torch.Tensor | None = None,  # (B, 1, 1, 1) interpolation weights; random when None
+    target_norm: float = 1.0,
+) -> torch.Tensor:
+    """WGAN-GP penalty (Gulrajani et al. 2017): E[(||grad_x D(x_hat)||_2 - target)^2] at random interpolates.
+
+    The graph is kept (`create_graph=True`) so the penalty's own gradient reaches the critic's parameters.
+    """
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grads,) = torch.autograd.grad(scores.float().sum(), x_hat, create_graph=True)
+    norms = grads.float().flatten(1).norm(2, dim=1)  # (B,)
+    return ((norms - target_norm) ** 2).mean()
+
+
+def cycle_l1(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """|| G_ba(G_ab(a)) - a ||_1, mean over all elements."""
+    return F.l1_loss(reconstructed.float(), original.float())
+
+
+def identity_l1(same: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """|| G_ab(b) - b ||_1: a generator fed an image of its target domain should leave it unchanged."""
+    return F.l1_loss(same.float(), original.float())
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C) Gram matrix normalised by C*H*W (Johnson et al.)."""
+    b, c, h, w = features.shape
+    flat = features.float().reshape(b, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def content_loss(features: Sequence[torch.Tensor], target_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean squared feature difference summed over the given layers."""
+    return sum(F.mse_loss(f.float(), t.float()) for f, t in zip(features, target_features, strict=True))
+
+
+def gram_style_loss(
+    features: Sequence[torch.Tensor], target_features: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Sum over layers of the squared Frobenius distance between Gram matrices, averaged over the batch.
+
+    Target Gram matrices are averaged over the target batch, so one style image or a batch of
+    domain images can serve as the target.
+    """
+    total = features[0].new_zeros((), dtype=torch.float32)
+    for f, t in zip(features, target_features, strict=True):
+        gram = gram_matrix(f)  # (B, C, C)
+        target = gram_matrix(t).mean(dim=0, keepdim=True)  # (1, C, C)
+        total = total + ((gram - target) ** 2).sum(dim=(1, 2)).mean()
+    return total
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation: mean absolute difference between neighbouring pixels."""
+    images = images.float()
+    dh = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    dw = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    return dh + dw

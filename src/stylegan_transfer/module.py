@@ -1,0 +1,266 @@
+"""CycleGAN as a LightningModule: two generators, two discriminators, manual optimisation.
+
+Knows nothing of files or configuration objects: every setting arrives as a typed keyword argument,
+and the networks are built through the registries in `networks.py`. All `lambda_*` weights are applied
+in `training_step` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from stylegan_transfer import losses
+from stylegan_transfer.image_pool import ImagePool
+from stylegan_transfer.networks import build_discriminator, build_generator, init_weights
+
+
+def linear_decay_factor(epoch: int, *, epochs_constant: int, epochs_decay: int) -> float:
+    """LR multiplier after `epoch` epochs: 1 for `epochs_constant` epochs, then linearly towards 0.
+
+    The CycleGAN reference's rule: 1 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1).
+    """
+    return 1.0 - max(0, epoch + 1 - epochs_constant) / float(epochs_decay + 1)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every global RNG state, as plain values (tensors, ints) that `weights_only` loading accepts."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["gauss"],
+        )
+    )
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CycleGANModule(L.LightningModule):
+    def __init__(
+        self,
+        *,
+        generator: dict[str, Any] | None = None,
+        discriminator: dict[str, Any] | None = None,
+        init_type: str = "normal",
+        init_gain: float = 0.02,
+        gan_mode: losses.GanMode = "lsgan",
+        lambda_cycle: float = 10.0,
+        lambda_identity: float = 0.5,
+        lambda_gp: float = 10.0,
+        lambda_content: float = 0.0,
+        lambda_style: float = 0.0,
+        lambda_tv: float = 0.0,
+        content_layers: Sequence[str] = ("relu4_2",),
+        style_layers: Sequence[str] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        vgg_weights: str | None = None,
+        lr: float = 2e-4,
+        beta1: float = 0.5,
+        beta2: float = 0.999,
+        epochs_constant: int = 100,
+        epochs_decay: int = 100,
+        pool_size: int = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        generator = dict(generator or {"arch": "resnet"})
+        discriminator = dict(discriminator or {"arch": "patch"})
+        if gan_mode not in losses.GAN_MODES:
+            raise ValueError(f"unknown gan_mode {gan_mode!r}; choose one of {losses.GAN_MODES}")
+        self.save_hyperparameters()  # plain values only (reads the normalised locals above)
+        self.automatic_optimization = False
+        gen_kwargs, disc_kwargs = dict(generator), dict(discriminator)
+        gen_arch, disc_arch = gen_kwargs.pop("arch"), disc_kwargs.pop("arch")
+        self.generator_arch, self.generator_kwargs = gen_arch, dict(gen_kwargs)
+        self.g_ab = build_generator(gen_arch, **gen_kwargs)
+        self.g_ba = build_generator(gen_arch, **gen_kwargs)
+        self.d_a = build_discriminator(disc_arch, **disc_kwargs)  # judges images of domain A
+        self.d_b = build_discriminator(disc_arch, **disc_kwargs)
+        for net in (self.g_ab, self.g_ba, self.d_a, self.d_b):
+            init_weights(net, init_type=init_type, gain=init_gain)
+        self.pool_a = ImagePool(pool_size, seed=seed)  # history of fake_a
+        self.pool_b = ImagePool(pool_size, seed=seed + 1)  # history of fake_b
+        self.vgg: nn.Module | None = None  # built on first use when a perceptual term is on
+
+    # ----------------------------------------------------------------------------- perceptual terms
+    @property
+    def uses_vgg(self) -> bool:
+        return self.hparams.lambda_content > 0 or self.hparams.lambda_style > 0
+
+    def setup(self, stage: str) -> None:
+        if self.uses_vgg and self.vgg is None:
+            from stylegan_transfer.perceptual import VGGFeatures, load_vgg_features
+
+            features = load_vgg_features("vgg19", weights_path=self.hparams.vgg_weights)
+            layers = [*self.hparams.content_layers, *self.hparams.style_layers]
+            self.vgg = VGGFeatures(features, layers).to(self.device)
+
+    def _vgg_split(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        assert self.vgg is not None
+        feats = self.vgg(images)
+        n = len(self.hparams.content_layers)
+        return feats[:n], feats[n:]
+
+    # ----------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        betas = (hp.beta1, hp.beta2)
+        opt_g = torch.optim.Adam(
+            itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), lr=hp.lr, betas=betas
+        )
+        opt_d = torch.optim.Adam(
+            itertools.chain(self.d_a.parameters(), self.d_b.parameters()), lr=hp.lr, betas=betas
+        )
+        rule = functools.partial(
+            linear_decay_factor, epochs_constant=hp.epochs_constant, epochs_decay=hp.epochs_decay
+        )
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, rule) for opt in (opt_g, opt_d)]
+        return [opt_g, opt_d], schedulers
+
+    def _discriminator_loss(self, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        mode = self.hparams.gan_mode
+        loss = losses.discriminator_adversarial(disc(real), disc(fake.detach()), mode)
+        if mode == "wgangp":
+            loss = loss + self.hparams.lambda_gp * losses.gradient_penalty(disc, real, fake)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        hp = self.hparams
+        real_a, real_b = batch["a"], batch["b"]  # (B, 3, H, W) each, in [-1, 1]
+        opt_g, opt_d = self.optimizers()
+
+        with self.toggled_optimizer(opt_g):  # discriminators frozen
+            fake_b = self.g_ab(real_a)  # (B, 3, H, W)
+            rec_a = self.g_ba(fake_b)
+            fake_a = self.g_ba(real_b)
+            rec_b = self.g_ab(fake_a)
+            adv = losses.generator_adversarial(self.d_b(fake_b), hp.gan_mode) + losses.generator_adversarial(
+                self.d_a(fake_a), hp.gan_mode
+            )
+            cycle = losses.cycle_l1(rec_a, real_a) + losses.cycle_l1(rec_b, real_b)
+            loss_g = adv + hp.lambda_cycle * cycle
+            logs = {"train/g_adv": adv, "train/cycle": cycle}
+            if hp.lambda_identity > 0:
+                identity = losses.identity_l1(self.g_ab(real_b), real_b) + losses.identity_l1(
+                    self.g_ba(real_a), real_a
+                )
+                loss_g = loss_g + hp.lambda_cycle * hp.lambda_identity * identity
+                logs["train/identity"] = identity
+            if self.uses_vgg:
+                content_fb, style_fb = self._vgg_split(fake_b)
+                content_fa, style_fa = self._vgg_split(fake_a)
+                with torch.no_grad():
+                    content_ra, style_ra = self._vgg_split(real_a)
+                    content_rb, style_rb = self._vgg_split(real_b)
+                content = losses.content_loss(content_fb, content_ra) + losses.content_loss(
+                    content_fa, content_rb
+                )
+                style = losses.gram_style_loss(style_fb, style_rb) + losses.gram_style_loss(
+                    style_fa, style_ra
+                )
+                loss_g = loss_g + hp.lambda_content * content + hp.lambda_style * style
+                logs |= {"train/content": content, "train/style": style}
+            if hp.lambda_tv > 0:
+                tv = losses.total_variation(fake_b) + losses.total_variation(fake_a)
+                loss_g = loss_g + hp.lambda_tv * tv
+                logs["train/tv"] = tv
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss_g)
+            opt_g.step()
+
+        with self.toggled_optimizer(opt_d):  # generators frozen
+            loss_d_b = self._discriminator_loss(self.d_b, real_b, self.pool_b.query(fake_b))
+            loss_d_a = self._discriminator_loss(self.d_a, real_a, self.pool_a.query(fake_a))
+            loss_d = loss_d_a + loss_d_b
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+
+        logs |= {"train/loss_g": loss_g, "train/loss_d": loss_d, "train/d_a": loss_d_a, "train/d_b": loss_d_b}
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=real_a.shape[0])
+        self.log("train/lr", opt_g.param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+
+    # ----------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def translate_batch(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both directions and both reconstructions for a batch: keys real_a, fake_b, rec_a, real_b, fake_a, rec_b."""
+        fake_b = self.g_ab(real_a)
+        fake_a = self.g_ba(real_b)
+        return {
+            "real_a": real_a,
+            "fake_b": fake_b,
+            "rec_a": self.g_ba(fake_b),
+            "real_b": real_b,
+            "fake_a": fake_a,
+            "rec_b": self.g_ab(fake_a),
+        }
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.translate_batch(batch["a"], batch["b"])
+        cycle = 0.5 * (
+            losses.cycle_l1(out["rec_a"], out["real_a"]) + losses.cycle_l1(out["rec_b"], out["real_b"])
+        )
+        identity = 0.5 * (
+            losses.identity_l1(self.g_ab(batch["b"]), batch["b"])
+            + losses.identity_l1(self.g_ba(batch["a"]), batch["a"])
+        )
+        self.log_dict(
+            {"val/cycle_l1": cycle, "val/identity_l1": identity},
+            batch_size=batch["a"].shape[0],
+            sync_dist=True,
+            prog_bar=True,
+        )
+
+    # ----------------------------------------------------------------------------- checkpoint state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["image_pools"] = {"a": self.pool_a.state_dict(), "b": self.pool_b.state_dict()}
+        checkpoint["rng"] = capture_rng()
+        # The frozen VGG is rebuilt from its weights; never store hundreds of MB of it in every checkpoint.
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vgg.")
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "image_pools" in checkpoint:
+            self.pool_a.load_state_dict(checkpoint["image_pools"]["a"])
+            self.pool_b.load_state_dict(checkpoint["image_pools"]["b"])
+        if "rng" in checkpoint:
+            restore_rng(checkpoint["rng"])
+        if self.vgg is not None:
+            checkpoint["state_dict"].update({f"vgg.{k}": v for k, v in self.vgg.state_dict().items()})

@@ -1,0 +1,271 @@
+"""Generators and discriminators of the CycleGAN family, as plain `nn.Module`s.
+
+Defaults reproduce the CycleGAN paper (Zhu et al. 2017): ResNet-9 generator with 64 base channels,
+instance norm, reflection padding, and a 70x70 PatchGAN discriminator (3 strided layers).
+Nothing here knows about Lightning or configuration files; every network is built from typed
+keyword arguments, and `GENERATORS` / `DISCRIMINATORS` are the explicit registries that exports use
+to rebuild a network from its JSON constructor arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+from torch import nn
+
+Norm = Literal["instance", "batch", "none"]
+Init = Literal["normal", "xavier", "kaiming", "orthogonal"]
+
+
+def norm_layer(norm: Norm) -> type[nn.Module] | functools.partial:
+    """Return a constructor `f(num_features) -> nn.Module` for the named normalisation."""
+    if norm == "instance":
+        # Paper setting: no learned affine parameters, no running statistics.
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    if norm == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+    if norm == "none":
+        return lambda _num_features: nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; choose instance, batch or none")
+
+
+def _uses_bias(norm: Norm) -> bool:
+    # Batch norm has its own affine shift, so the preceding conv needs no bias (as in the reference code).
+    return norm != "batch"
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, *, channels: int, norm: Norm, dropout: bool) -> None:
+        super().__init__()
+        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=bias),
+            make_norm(channels),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), make_norm(channels)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _upsample(in_ch: int, out_ch: int, *, mode: str, bias: bool) -> list[nn.Module]:
+    if mode == "transpose":
+        return [nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=bias)]
+    if mode == "resize":
+        # Resize then convolve: avoids the checkerboard artefacts of strided transposed convolutions
+        # (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts").
+        return [
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(in_ch, out_ch, 3, bias=bias),
+        ]
+    raise ValueError(f"unknown upsample mode {mode!r}; choose transpose or resize")
+
+
+class ResnetGenerator(nn.Module):
+    """Encoder (2 stride-2 convs) + residual blocks + decoder; input H and W must be multiples of 4."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        channels: int = 64,
+        n_blocks: int = 9,
+        norm: Norm = "instance",
+        upsample: Literal["transpose", "resize"] = "transpose",
+        dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, channels, 7, bias=bias),
+            make_norm(channels),
+            nn.ReLU(inplace=True),
+        ]
+        width = channels
+        for _ in range(2):  # downsample x4 overall
+            layers += [
+                nn.Conv2d(width, width * 2, 3, stride=2, padding=1, bias=bias),
+                make_norm(width * 2),
+                nn.ReLU(inplace=True),
+            ]
+            width *= 2
+        layers += [ResnetBlock(channels=width, norm=norm, dropout=dropout) for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [*_upsample(width, width // 2, mode=upsample, bias=bias), make_norm(width // 2)]
+            layers.append(nn.ReLU(inplace=True))
+            width //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, out_channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [-1, 1]
+        return self.model(x)
+
+
+class _UnetLevel(nn.Module):
+    """One level of the U-Net: down, (inner levels), up, with a skip connection around it."""
+
+    def __init__(
+        self,
+        *,
+        outer: int,
+        inner: int,
+        in_channels: int | None = None,
+        submodule: nn.Module | None = None,
+        outermost: bool = False,
+        norm: Norm = "batch",
+        dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        self.outermost = outermost
+        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        in_channels = outer if in_channels is None else in_channels
+        down_conv = nn.Conv2d(in_channels, inner, 4, stride=2, padding=1, bias=bias)
+        if outermost:
+            up = [nn.ReLU(True), nn.ConvTranspose2d(inner * 2, outer, 4, stride=2, padding=1), nn.Tanh()]
+            layers = [down_conv, submodule, *up]
+        elif submodule is None:  # innermost
+            up = [nn.ReLU(True), nn.ConvTranspose2d(inner, outer, 4, stride=2, padding=1, bias=bias)]
+            layers = [nn.LeakyReLU(0.2, True), down_conv, *up, make_norm(outer)]
+        else:
+            up = [nn.ReLU(True), nn.ConvTranspose2d(inner * 2, outer, 4, stride=2, padding=1, bias=bias)]
+            layers = [nn.LeakyReLU(0.2, True), down_conv, make_norm(inner), submodule, *up, make_norm(outer)]
+            if dropout:
+                layers.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], dim=1)
+
+
+class UnetGenerator(nn.Module):
+    """U-Net with `num_downs` stride-2 levels: 7 for 128x128 inputs, 8 for 256x256 (pix2pix)."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        channels: int = 64,
+        num_downs: int = 8,
+        norm: Norm = "batch",
+        dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_downs < 5:
+            raise ValueError("UnetGenerator needs num_downs >= 5")
+        c = channels
+        level = _UnetLevel(outer=c * 8, inner=c * 8, norm=norm)
+        for _ in range(num_downs - 5):
+            level = _UnetLevel(outer=c * 8, inner=c * 8, submodule=level, norm=norm, dropout=dropout)
+        for mult in (4, 2, 1):
+            level = _UnetLevel(outer=c * mult, inner=c * mult * 2, submodule=level, norm=norm)
+        self.model = _UnetLevel(
+            outer=out_channels, inner=c, in_channels=in_channels, submodule=level, outermost=True, norm=norm
+        )
+        self.num_downs = num_downs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), H and W multiples of 2**num_downs
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: classifies overlapping patches; `n_layers=3` gives the paper's 70x70 receptive field."""
+
+    def __init__(
+        self, *, in_channels: int = 3, channels: int = 64, n_layers: int = 3, norm: Norm = "instance"
+    ):
+        super().__init__()
+        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, channels, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, True),
+        ]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [
+                nn.Conv2d(channels * prev, channels * mult, 4, stride=stride, padding=1, bias=bias),
+                make_norm(channels * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        layers.append(nn.Conv2d(channels * mult, 1, 4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H', W') logits
+        return self.model(x)
+
+
+class PixelDiscriminator(nn.Module):
+    """1x1 PatchGAN: classifies every pixel independently."""
+
+    def __init__(self, *, in_channels: int = 3, channels: int = 64, norm: Norm = "instance"):
+        super().__init__()
+        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        self.model = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 1),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(channels, channels * 2, 1, bias=bias),
+            make_norm(channels * 2),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(channels * 2, 1, 1, bias=bias),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H, W) logits
+        return self.model(x)
+
+
+GENERATORS: dict[str, type[nn.Module]] = {"resnet": ResnetGenerator, "unet": UnetGenerator}
+DISCRIMINATORS: dict[str, type[nn.Module]] = {"patch": PatchDiscriminator, "pixel": PixelDiscriminator}
+
+
+def _build(registry: dict[str, type[nn.Module]], kind: str, arch: str, kwargs: dict) -> nn.Module:
+    if arch not in registry:
+        raise ValueError(f"unknown {kind} architecture {arch!r}; known: {sorted(registry)}")
+    return registry[arch](**kwargs)
+
+
+def build_generator(arch: str, **kwargs) -> nn.Module:
+    """Build a generator from the registry, e.g. `build_generator("resnet", channels=64, n_blocks=9)`."""
+    return _build(GENERATORS, "generator", arch, kwargs)
+
+
+def build_discriminator(arch: str, **kwargs) -> nn.Module:
+    return _build(DISCRIMINATORS, "discriminator", arch, kwargs)
+
+
+@torch.no_grad()
+def init_weights(net: nn.Module, *, init_type: Init = "normal", gain: float = 0.02) -> nn.Module:
+    """Initialise conv/linear weights (and batch-norm scales) the way the CycleGAN reference does."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            if init_type == "normal":
+                nn.init.normal_(module.weight, 0.0, gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(module.weight, gain=gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(module.weight, a=0, mode="fan_in")
+            elif init_type == "orthogonal":
+                nn.init.orthogonal_(module.weight, gain=gain)
+            else:
+                raise ValueError(
+                    f"unknown init_type {init_type!r}; choose normal, xavier, kaiming or orthogonal"
+                )
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, gain)
+            nn.init.zeros_(module.bias)
+    return net

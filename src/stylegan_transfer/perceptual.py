@@ -1,0 +1,166 @@
+"""VGG feature extraction for perceptual (content / style) losses, and where its weights come from.
+
+Weights are resolved in this order:
+1. `weights_path` given: a local file (a torchvision VGG state dict, whole model or `features` only).
+2. Otherwise torchvision's own download-and-cache route (the torch hub cache, `$TORCH_HOME`), with
+   torchvision's checksum check. Offline and not cached: `VGGWeightsError` explains how to provide a file.
+
+Inputs to `VGGFeatures` are images in [-1, 1]; the ImageNet normalisation the weights expect is applied inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Conv widths per block ("M" = max-pool) of torchvision's VGG configurations.
+_VGG_LAYOUTS: dict[str, list[int | str]] = {
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ],
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGGWeightsError(RuntimeError):
+    """VGG weights could not be found, downloaded or read."""
+
+
+def layer_names(arch: str = "vgg19") -> dict[str, int]:
+    """Map `relu4_2`-style names to indices in torchvision's `vgg.features` Sequential."""
+    names: dict[str, int] = {}
+    index, block, conv = 0, 1, 1
+    for item in _VGG_LAYOUTS[arch]:
+        if item == "M":
+            names[f"pool{block}"] = index
+            index, block, conv = index + 1, block + 1, 1
+        else:
+            names[f"conv{block}_{conv}"] = index
+            names[f"relu{block}_{conv}"] = index + 1
+            index, conv = index + 2, conv + 1
+    return names
+
+
+def vgg_features_module(arch: str = "vgg19", *, width_divisor: int = 1) -> nn.Sequential:
+    """An uninitialised `features` Sequential laid out exactly like torchvision's (narrower if asked)."""
+    layers: list[nn.Module] = []
+    in_ch = 3
+    for item in _VGG_LAYOUTS[arch]:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            out = max(1, int(item) // width_divisor)
+            layers += [nn.Conv2d(in_ch, out, 3, padding=1), nn.ReLU(inplace=False)]
+            in_ch = out
+    return nn.Sequential(*layers)
+
+
+def _features_state_dict(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    if any(k.startswith("features.") for k in state):
+        state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    if not state or not all(k.split(".")[0].isdigit() for k in state):
+        raise VGGWeightsError(
+            f"{path} does not look like a torchvision VGG state dict (expected keys like 'features.0.weight'). "
+            "Save one with `torch.save(torchvision.models.vgg19(weights='IMAGENET1K_V1').state_dict(), path)`."
+        )
+    return state
+
+
+def load_vgg_features(arch: str = "vgg19", *, weights_path: str | Path | None = None) -> nn.Sequential:
+    """Return torchvision-layout VGG `features` with pretrained ImageNet weights (see module docstring)."""
+    if arch not in _VGG_LAYOUTS:
+        raise ValueError(f"unknown VGG arch {arch!r}; choose one of {sorted(_VGG_LAYOUTS)}")
+    features = vgg_features_module(arch)
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise VGGWeightsError(
+                f"VGG weights file {path} does not exist; fix the path given as the weights option."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle errors, truncated zip, foreign format
+            raise VGGWeightsError(f"could not read VGG weights from {path}: {err}") from err
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            features.load_state_dict(_features_state_dict(state, path))
+        except RuntimeError as err:
+            raise VGGWeightsError(f"{path} does not match torchvision's {arch} layout: {err}") from err
+        return features
+
+    from torchvision.models import VGG16_Weights, VGG19_Weights
+
+    enum = {"vgg16": VGG16_Weights.IMAGENET1K_V1, "vgg19": VGG19_Weights.IMAGENET1K_V1}[arch]
+    try:
+        state = enum.get_state_dict(progress=True, check_hash=True)
+    except Exception as err:
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        raise VGGWeightsError(
+            f"could not obtain the pretrained {arch.upper()} weights from {enum.url} ({type(err).__name__}: {err}).\n"
+            f"On a machine with internet, download that file and either place it at {cache} "
+            "or pass its path as the VGG weights option (for training: model.vgg_weights=/path/to/file.pth)."
+        ) from err
+    features.load_state_dict(_features_state_dict(state, Path(enum.url)))
+    return features
+
+
+class VGGFeatures(nn.Module):
+    """Frozen VGG trunk returning the activations of named layers for images in [-1, 1]."""
+
+    def __init__(
+        self,
+        features: nn.Sequential,
+        layers: Sequence[str],
+        *,
+        arch: str = "vgg19",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        names = layer_names(arch)
+        unknown = [name for name in layers if name not in names]
+        if unknown:
+            raise ValueError(f"unknown VGG layer(s) {unknown}; known: {list(names)}")
+        self.layers = list(layers)
+        self.indices = [names[name] for name in layers]
+        self.trunk = features[: max(self.indices) + 1].eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> VGGFeatures:
+        return super().train(False)  # always frozen
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # (B, 3, H, W) in [-1, 1]
+        x = ((images + 1) / 2 - self.mean) / self.std
+        found: dict[int, torch.Tensor] = {}
+        for index, layer in enumerate(self.trunk):
+            x = layer(x)
+            if index in self.indices:
+                found[index] = x
+        return [found[index] for index in self.indices]  # a layer may be asked for twice
