@@ -17,24 +17,7 @@ from stylegan_transfer.training import register_resolvers
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
-# Overrides that make any composed run tiny: 32px images, narrow networks, one short epoch, no logger.
-TINY = [
-    "logger=none",
-    "data.load_size=36",
-    "data.crop_size=32",
-    "data.num_workers=0",
-    "data.val_size=2",
-    "data.max_dataset_size=4",
-    "model.generator.channels=4",
-    "model.generator.n_blocks=1",
-    "model.discriminator.channels=4",
-    "model.discriminator.n_layers=2",
-    "model.pool_size=2",
-    "model.epochs_constant=1",
-    "model.epochs_decay=1",
-    "+trainer.enable_model_summary=false",
-    "callbacks.progress=null",
-]
+TINY = ["debug=tiny"]  # configs/debug/tiny.yaml: 32px images, narrow networks, 2 short epochs, no logger
 
 
 def write_images(

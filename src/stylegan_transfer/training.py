@@ -6,6 +6,7 @@ generators (rank 0) → close the W&B run. Returns the final metrics as plain fl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import netrc
 import os
@@ -25,9 +26,19 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def register_resolvers() -> None:
-    """`${st.asset:demo}` → a folder shipped inside the package; `${st.sum:a,b}` → a + b."""
+    """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.dirname:...}` → a safe folder name."""
     OmegaConf.register_new_resolver("st.asset", lambda name: str(ASSETS / name), replace=True)
     OmegaConf.register_new_resolver("st.sum", lambda *xs: sum(xs), replace=True)
+    OmegaConf.register_new_resolver("st.dirname", safe_dirname, replace=True)
+
+
+def safe_dirname(text: str, limit: int = 120) -> str:
+    """A folder name from `key=value,...` overrides: '/' replaced, long ones cut and made unique by a hash."""
+    text = str(text).replace("/", "_") or "default"
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f"{text[: limit - 9]}_{digest}"
 
 
 register_resolvers()

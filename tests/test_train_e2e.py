@@ -1,0 +1,101 @@
+"""End to end through the real entry point: `python train.py ...` in a subprocess (marked slow)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY
+from stylegan_transfer.export import load_generator
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def train_py(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def check_run_folder(run: Path) -> None:
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    grid = Image.open(run / "samples" / "latest.png")
+    assert grid.width > 6 * 32 and grid.height >= 2 * 32  # 6 columns, one row per validation pair
+    for name in ("g_ab", "g_ba"):
+        generator = load_generator(run / "export" / f"{name}.safetensors")
+        assert generator(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_train_py_demo_end_to_end_with_offline_wandb(tmp_path):
+    run = tmp_path / "run"
+    result = train_py(*TINY, f"hydra.run.dir={run}", "logger=wandb")
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_run_folder(run)
+    assert list((run / "wandb").glob("offline-run-*")), "W&B must log offline without credentials"
+    meta = load_generator(run / "export" / "g_ab.safetensors").export_metadata
+    assert meta["direction"] == "photo -> painting" and meta["style"] == "demo"
+
+
+def test_missing_dataset_fails_fast_naming_the_folder(tmp_path):
+    result = train_py(
+        "style=vangogh",
+        f"paths.data_dir={tmp_path / 'nowhere'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=none",
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert str(tmp_path / "nowhere" / "vangogh2photo") in result.stderr
+    assert "Download" in result.stderr or "download" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unknown_style_lists_the_choices(tmp_path):
+    result = train_py("style=nosuchstyle", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert result.returncode != 0
+    assert "nosuchstyle" in result.stderr and "vangogh" in result.stderr
+
+
+def test_multirun_two_jobs_two_run_folders(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = train_py("-m", *TINY, "model.lambda_cycle=5,10", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in runs] == [
+        "0_debug=tiny,model.lambda_cycle=5",
+        "1_debug=tiny,model.lambda_cycle=10",
+    ]
+    for run in runs:
+        check_run_folder(run)
+
+
+def test_ddp_two_cpu_processes_gloo(tmp_path):
+    run = tmp_path / "ddp"
+    result = train_py(
+        *TINY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "~trainer.benchmark",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert [p.name for p in ckpts] == ["epoch_0001.ckpt", "last.ckpt"] or len(ckpts) == 2, ckpts
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 1 and state["global_step"] > 0
+    check_run_folder(run)
+    assert "world_size: 2" in result.stderr or "MEMBER: 2/2" in result.stderr
