@@ -410,3 +410,17 @@ def test_sampler_shards_cover_every_position_once():
     sampler.set_epoch(2)
     assert list(sampler) == list(range(20, 30))
     assert {k % 10 for shard in shards for k in shard} == set(range(10))
+
+
+@pytest.mark.parametrize("preprocess", ["resize_and_crop", "scale_width_and_crop"])
+def test_crop_modes_match_resize_then_crop(preprocess):
+    """The fast path (resize only the cropped box) gives the pixels of a full resize followed by the crop."""
+    image = Image.fromarray(_noise(60, 48, seed=5))
+    augment = Augment(preprocess=preprocess, load_size=40, crop_size=32, flip=False)
+    for seed in range(4):
+        out = np.asarray(augment(image, np.random.default_rng(seed)), dtype=int)
+        rng = np.random.default_rng(seed)
+        size = (40, 40) if preprocess == "resize_and_crop" else (40, 32)  # 48·40/60 = 32
+        x, y = int(rng.integers(0, size[0] - 31)), int(rng.integers(0, size[1] - 31))
+        reference = np.asarray(image.resize(size, Image.BICUBIC).crop((x, y, x + 32, y + 32)), dtype=int)
+        assert np.abs(out - reference).max() <= 2 and np.abs(out - reference).mean() < 0.05
