@@ -3,13 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from stylegan_transfer.training import train
+from stylegan_transfer.training import run_job
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics.get("optimized_metric")
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

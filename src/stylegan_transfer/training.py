@@ -92,6 +92,54 @@ def export_generators(module: L.LightningModule, out_dir: Path, cfg: DictConfig)
     return paths
 
 
+def _log_wandb_artifacts(logger, exported: list[Path], samples_dir: Path) -> None:
+    """The exported generators as a W&B model artifact, and the run's sample grids as a second one."""
+    import wandb
+
+    run = logger.experiment
+    model = wandb.Artifact(
+        f"generators-{run.id}", type="model", metadata={"files": [p.name for p in exported]}
+    )
+    for path in exported:
+        model.add_file(str(path))
+    run.log_artifact(model, aliases=["latest"])
+    if samples_dir.is_dir():
+        samples = wandb.Artifact(f"samples-{run.id}", type="samples")
+        samples.add_dir(str(samples_dir))
+        run.log_artifact(samples)
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """Hydra job entry: train, then write result.json into the run folder (rank 0).
+
+    In a multirun a failing job is logged and recorded (status "failed"), and the sweep goes on with the
+    next job; a single run re-raises. Returns `optimized_metric`'s value for sweepers (NaN on failure).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from stylegan_transfer.sweeps import write_result
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+    overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    metric = cfg.get("optimized_metric") or ""
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        if rank_zero_only.rank == 0:
+            write_result(output_dir, overrides=overrides, metric=metric, metrics=None, error=err)
+        if not multirun:
+            raise
+        log.exception("job %s failed; the sweep continues with the next job", output_dir.name)
+        return float("nan")
+    if rank_zero_only.rank == 0:
+        write_result(output_dir, overrides=overrides, metric=metric, metrics=metrics)
+    return metrics.get("optimized_metric")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train a model as `cfg` describes; returns the last logged metrics (plus `optimized_metric`'s value)."""
     L.seed_everything(cfg.seed, workers=True)
@@ -120,8 +168,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         if trainer.is_global_zero and cfg.get("export", True) and not trainer.interrupted:
-            for path in export_generators(module, output_dir / "export", cfg):
-                log.info("exported %s", path)
+            exported = export_generators(module, output_dir / "export", cfg)
+            if uses_wandb and logger:
+                _log_wandb_artifacts(logger, exported, output_dir / "samples")
+            log.info(
+                "done. samples: %s  generators: %s",
+                output_dir / "samples" / "latest.png",
+                output_dir / "export",
+            )
     finally:
         if uses_wandb:
             import wandb
@@ -135,4 +189,4 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-__all__ = ["DataError", "register_resolvers", "train"]
+__all__ = ["DataError", "register_resolvers", "run_job", "train"]

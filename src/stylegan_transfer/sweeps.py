@@ -1,0 +1,177 @@
+"""Sweep bookkeeping: one `result.json` per job, a report over a sweep folder, a Hydra end-of-sweep summary.
+
+Each job folder gets `result.json` = {"status": "ok"|"failed", "overrides": [...], "metric": name,
+"value": float|null, "metrics": {...}, "error": str|null}. `report()` reads them back, best first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class JobResult:
+    folder: Path
+    status: str
+    overrides: dict[str, str]
+    metric: str
+    value: float
+    error: str | None
+
+    @property
+    def number(self) -> str:
+        """The job number Hydra gave the folder (`<n>_<overrides>`)."""
+        return self.folder.name.split("_", 1)[0]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and math.isfinite(self.value)
+
+
+def write_result(
+    folder: Path,
+    *,
+    overrides: list[str],
+    metric: str,
+    metrics: dict[str, float] | None,
+    error: BaseException | None = None,
+) -> Path:
+    value = None if metrics is None else metrics.get(metric)
+    while error is not None and error.__cause__ is not None:  # Hydra wraps constructor errors
+        error = error.__cause__
+    payload: dict[str, Any] = {
+        "status": "failed" if error is not None else "ok",
+        "overrides": list(overrides),
+        "metric": metric,
+        "value": None if value is None or not math.isfinite(value) else float(value),
+        "metrics": metrics or {},
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESULT_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def read_results(sweep_dir: str | Path) -> list[JobResult]:
+    """Every job under `sweep_dir` (folders holding result.json), best first, failures last."""
+    jobs = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}")):
+        data = json.loads(path.read_text())
+        value = data.get("value")
+        jobs.append(
+            JobResult(
+                folder=path.parent,
+                status=data.get("status", "failed"),
+                overrides=_parse_overrides(data.get("overrides", [])),
+                metric=data.get("metric", ""),
+                value=float("nan") if value is None else float(value),
+                error=data.get("error"),
+            )
+        )
+    return sorted(jobs, key=lambda j: (not j.ok, j.value if j.ok else 0.0))
+
+
+def swept_keys(jobs: list[JobResult]) -> list[str]:
+    """Override keys whose value differs between jobs (the swept parameters)."""
+    keys = sorted({k for job in jobs for k in job.overrides})
+    return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+
+
+def report_table(jobs: list[JobResult]) -> str:
+    """A Markdown table: rank, job number, status, metric value, swept parameters."""
+    if not jobs:
+        return "no jobs found (no */result.json)"
+    keys = swept_keys(jobs)
+    metric = next((j.metric for j in jobs if j.metric), "metric")
+    header = ["rank", "job", "status", metric, *keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rank, job in enumerate(jobs, 1):
+        value = f"{job.value:.5g}" if job.ok else "—"
+        reason = " ".join((job.error or "no metric").split()).replace("|", "/")
+        status = "ok" if job.ok else f"FAILED: {reason[:160]}"
+        lines.append(
+            "| "
+            + " | ".join([str(rank), job.number, status, value, *(job.overrides.get(k, "") for k in keys)])
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def report_plot(jobs: list[JobResult], path: Path) -> Path | None:
+    """One panel per swept parameter: the metric of each successful job against that parameter's value."""
+    ok = [j for j in jobs if j.ok]
+    keys = swept_keys(jobs)
+    if not ok or not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        raw = [j.overrides.get(key, "") for j in ok]
+        try:
+            xs: list[Any] = [float(v) for v in raw]
+        except ValueError:
+            categories = sorted(set(raw))
+            xs = [categories.index(v) for v in raw]
+            ax.set_xticks(range(len(categories)), categories, rotation=30)
+        ax.scatter(xs, [j.value for j in ok])
+        ax.set_xlabel(key)
+        ax.set_ylabel(ok[0].metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{len(ok)} of {len(jobs)} jobs succeeded")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def report(sweep_dir: str | Path) -> tuple[str, Path | None]:
+    """Write sweep_report.md and sweep_report.png into `sweep_dir`; return (table, png path)."""
+    sweep_dir = Path(sweep_dir)
+    jobs = read_results(sweep_dir)
+    table = report_table(jobs)
+    (sweep_dir / "sweep_report.md").write_text(table + "\n")
+    png = report_plot(jobs, sweep_dir / "sweep_report.png")
+    return table, png
+
+
+try:  # Hydra is a dependency of training, not of this module's report functions
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+
+class SweepSummary(_HydraCallback):
+    """Hydra callback: after a multirun, print the report table and write it beside the jobs."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        table, png = report(sweep_dir)
+        failed = [j for j in read_results(sweep_dir) if not j.ok]
+        log.info("sweep results (%s):\n%s", sweep_dir / "sweep_report.md", table)
+        if png:
+            log.info("plot: %s", png)
+        if failed:
+            log.warning("%d job(s) failed: %s", len(failed), ", ".join(j.folder.name for j in failed))
