@@ -118,7 +118,8 @@ def load_vgg_features(arch: str = "vgg19", *, weights_path: str | Path | None = 
 
     enum = {"vgg16": VGG16_Weights.IMAGENET1K_V1, "vgg19": VGG19_Weights.IMAGENET1K_V1}[arch]
     try:
-        state = enum.get_state_dict(progress=True, check_hash=True)
+        # torch hub cache ($TORCH_HOME/hub/checkpoints); the hash in the file name is verified
+        state = torch.hub.load_state_dict_from_url(enum.url, progress=True, check_hash=True, map_location="cpu")
     except Exception as err:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
         raise VGGWeightsError(
