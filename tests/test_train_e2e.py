@@ -56,8 +56,9 @@ def test_missing_dataset_fails_fast_naming_the_folder(tmp_path):
         "logger=none",
         timeout=60,
     )
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert str(tmp_path / "nowhere" / "vangogh2photo") in result.stderr
+    assert "Traceback" not in result.stderr
     assert "Download" in result.stderr or "download" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 

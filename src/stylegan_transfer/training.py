@@ -10,6 +10,7 @@ import hashlib
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from stylegan_transfer.callbacks import AtomicCheckpointIO
 from stylegan_transfer.data import DataError
 from stylegan_transfer.export import save_generator
+from stylegan_transfer.perceptual import VGGWeightsError
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent / "assets"
+USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError)  # reported as one clear line, exit code 2
 
 
 def register_resolvers() -> None:
@@ -131,6 +134,9 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as err:
         if rank_zero_only.rank == 0:
             write_result(output_dir, overrides=overrides, metric=metric, metrics=None, error=err)
+        if not multirun and isinstance(err, USER_ERRORS):
+            print(f"error: {err}", file=sys.stderr)  # bad input: the message says what to do, no traceback
+            raise SystemExit(2) from err
         if not multirun:
             raise
         log.exception("job %s failed; the sweep continues with the next job", output_dir.name)
