@@ -37,7 +37,7 @@ class FastStyleModule(L.LightningModule):
         init_type: str = "normal",
         init_gain: float = 0.02,
         lambda_content: float = 1.0,
-        lambda_style: float = 10.0,
+        lambda_style: float = 5.0,
         lambda_tv: float = 0.01,
         content_layers: Sequence[str] = ("relu2_2",),
         style_layers: Sequence[str] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),

@@ -131,7 +131,7 @@ class StyleSettings:
     """Everything that defines a stylisation except the images and the VGG trunk."""
 
     content_weight: float = 1.0
-    style_weight: float = 1e3
+    style_weight: float = 5.0
     tv_weight: float = 1e-2
     content_layers: Sequence[str] = CONTENT_LAYERS
     style_layers: Sequence[str] = STYLE_LAYERS
