@@ -81,7 +81,7 @@ def test_init_weights_rejects_unknown():
 
 
 def test_registry_builds_and_rejects():
-    assert set(GENERATORS) == {"resnet", "unet"} and set(DISCRIMINATORS) == {"patch", "pixel"}
+    assert set(GENERATORS) == {"resnet", "unet", "johnson"} and set(DISCRIMINATORS) == {"patch", "pixel"}
     assert isinstance(build_generator("resnet", channels=2, n_blocks=1), ResnetGenerator)
     with pytest.raises(ValueError, match="unknown generator"):
         build_generator("os.system")

@@ -227,7 +227,57 @@ class PixelDiscriminator(nn.Module):
         return self.model(x)
 
 
-GENERATORS: dict[str, type[nn.Module]] = {"resnet": ResnetGenerator, "unet": UnetGenerator}
+class JohnsonGenerator(nn.Module):
+    """Feed-forward style network of Johnson et al. 2016 with instance norm (Ulyanov et al. 2016).
+
+    9x9 conv, two stride-2 3x3 convs, `n_blocks` residual blocks, two resize-then-conv upsamplings (no
+    checkerboard), 9x9 conv, tanh to [-1, 1]. Widths channels, 2·channels, 4·channels (paper: 32, 64, 128).
+    Input H and W must be multiples of 4, like `ResnetGenerator`.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        channels: int = 32,
+        n_blocks: int = 5,
+        norm: Norm = "instance",
+    ) -> None:
+        super().__init__()
+        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(4),
+            nn.Conv2d(in_channels, channels, 9, bias=bias),
+            make_norm(channels),
+            nn.ReLU(inplace=True),
+        ]
+        width = channels
+        for _ in range(2):
+            layers += [
+                nn.ReflectionPad2d(1),
+                nn.Conv2d(width, width * 2, 3, stride=2, bias=bias),
+                make_norm(width * 2),
+                nn.ReLU(inplace=True),
+            ]
+            width *= 2
+        layers += [ResnetBlock(channels=width, norm=norm, dropout=False) for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [*_upsample(width, width // 2, mode="resize", bias=bias), make_norm(width // 2)]
+            layers.append(nn.ReLU(inplace=True))
+            width //= 2
+        layers += [nn.ReflectionPad2d(4), nn.Conv2d(width, out_channels, 9), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [-1, 1]
+        return self.model(x)
+
+
+GENERATORS: dict[str, type[nn.Module]] = {
+    "resnet": ResnetGenerator,
+    "unet": UnetGenerator,
+    "johnson": JohnsonGenerator,
+}
 DISCRIMINATORS: dict[str, type[nn.Module]] = {"patch": PatchDiscriminator, "pixel": PixelDiscriminator}
 
 

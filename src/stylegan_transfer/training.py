@@ -29,8 +29,12 @@ USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError)  # reported as one
 
 
 def register_resolvers() -> None:
-    """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.dirname:...}` → a safe folder name."""
+    """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.dirname:...}` → a safe folder
+    name; `${st.parent:path}` → the folder containing `path`."""
     OmegaConf.register_new_resolver("st.asset", lambda name: str(ASSETS / name), replace=True)
+    OmegaConf.register_new_resolver(
+        "st.parent", lambda path: str(Path(path).expanduser().parent), replace=True
+    )
     OmegaConf.register_new_resolver("st.sum", lambda *xs: sum(xs), replace=True)
     OmegaConf.register_new_resolver("st.dirname", safe_dirname, replace=True)
 
@@ -71,7 +75,7 @@ def _prepare_wandb(logger_cfg: DictConfig | None) -> bool:
 
 
 def export_generators(module: L.LightningModule, out_dir: Path, cfg: DictConfig) -> list[Path]:
-    """Write g_ab and g_ba as generator-only safetensors with their constructor arguments."""
+    """Write g_ab and g_ba (those the module has: fast style has only g_ab) as generator-only safetensors."""
     style = OmegaConf.to_container(cfg.get("style", {}), resolve=True) or {}
     domains = {"a": style.get("domain_a", "A"), "b": style.get("domain_b", "B")}
     extra = {
@@ -81,7 +85,10 @@ def export_generators(module: L.LightningModule, out_dir: Path, cfg: DictConfig)
         "epoch": int(module.current_epoch),
     }
     paths = []
-    for name, net, src, dst in (("g_ab", module.g_ab, "a", "b"), ("g_ba", module.g_ba, "b", "a")):
+    for name, src, dst in (("g_ab", "a", "b"), ("g_ba", "b", "a")):
+        net = getattr(module, name, None)
+        if net is None:
+            continue
         paths.append(
             save_generator(
                 net,

@@ -1,0 +1,515 @@
+"""Gatys-style neural style transfer by optimising the pixels of one image (API and `stylegan-stylize` CLI).
+
+    stylegan-stylize --content photo.jpg --style painting.jpg --output out.png
+    python -m stylegan_transfer.stylize --content c.jpg --style s1.jpg --style s2.jpg --style-weights 0.7,0.3 ...
+
+Loss = content_weight · content + style_weight · Σ_l w_l · style_l + tv_weight · TV, on VGG19 features
+(content relu4_2; style relu1_1 … relu5_1). Style is a Gram-matrix distance (Gatys et al. 2016) or an MMD with
+a linear, polynomial or Gaussian kernel (Li et al. 2017; the degree-2 polynomial kernel with offset 0 *is* the
+Gram loss, see `losses`). Each term is divided by a constant of its target (content: mean F_c²; Gram:
+||G_s||²; MMD: the style's kernel self-similarity), so the default weights do not depend on the scale of the
+VGG weights in use (torchvision's and the original Caffe VGG19's features differ by orders of magnitude).
+
+Knows nothing of Hydra or Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from stylegan_transfer import losses
+from stylegan_transfer.data import load_rgb, to_image, to_tensor
+from stylegan_transfer.perceptual import VGGFeatures, VGGWeightsError, load_vgg_features
+
+ColorMode = Literal["none", "luminance", "histogram"]
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_LAYERS = ("relu4_2",)
+
+
+class StylizeError(RuntimeError):
+    """Bad input for stylisation (unreadable image, inconsistent options); the message says what to fix."""
+
+
+# ----------------------------------------------------------------------------- colour handling
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def rgb_to_yiq(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [-1, 1] -> YIQ of the [0, 1] image (Y in [0, 1])."""
+    x01 = (images.float() + 1) / 2
+    return torch.einsum("ij,bjhw->bihw", _RGB_TO_YIQ.to(images.device), x01)
+
+
+def yiq_to_rgb(yiq: torch.Tensor) -> torch.Tensor:
+    """Inverse of `rgb_to_yiq`: back to RGB in [-1, 1] (not clamped)."""
+    inverse = torch.linalg.inv(_RGB_TO_YIQ).to(yiq.device)
+    return torch.einsum("ij,bjhw->bihw", inverse, yiq) * 2 - 1
+
+
+def luminance_image(images: torch.Tensor, *, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Grey RGB image of the luminance; with `like`, Y's mean and std are matched to `like`'s (Gatys 2016)."""
+    y = rgb_to_yiq(images)[:, :1]  # (B, 1, H, W)
+    if like is not None:
+        ref = rgb_to_yiq(like)[:, :1]
+        y = (y - y.mean()) / y.std().clamp_min(1e-6) * ref.std() + ref.mean()
+    return (y * 2 - 1).expand(-1, 3, -1, -1).contiguous()  # (B, 3, H, W)
+
+
+def combine_luminance(stylised: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Y of `stylised` with I and Q (the chrominance) of `content`; both (B, 3, H, W) in [-1, 1]."""
+    y = rgb_to_yiq(stylised)[:, :1]
+    iq = rgb_to_yiq(content)[:, 1:]
+    return yiq_to_rgb(torch.cat([y, iq], dim=1)).clamp(-1, 1)
+
+
+def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(cov)
+    return vectors @ torch.diag(values.clamp_min(1e-8) ** power) @ vectors.T
+
+
+def match_color_statistics(source: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Affine colour transfer: `source`'s pixels get `reference`'s RGB mean and covariance (Gatys et al. 2017).
+
+    x' = Σ_r^½ Σ_s^-½ (x - μ_s) + μ_r, with symmetric matrix square roots. Both (1, 3, H, W) in [-1, 1].
+    """
+    src = source.float().reshape(3, -1)
+    ref = reference.float().reshape(3, -1)
+    mu_s, mu_r = src.mean(1, keepdim=True), ref.mean(1, keepdim=True)
+    cov_s = torch.cov(src) + 1e-5 * torch.eye(3)
+    cov_r = torch.cov(ref) + 1e-5 * torch.eye(3)
+    transform = _sym_power(cov_r, 0.5) @ _sym_power(cov_s, -0.5)
+    out = transform @ (src - mu_s) + mu_r
+    return out.reshape(source.shape).clamp(-1, 1)
+
+
+# ----------------------------------------------------------------------------- images
+def read_image(path: str | Path) -> torch.Tensor:
+    """(1, 3, H, W) in [-1, 1]; `StylizeError` naming the file when it is missing or unreadable."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise StylizeError(f"image {path} does not exist; check the path.")
+    try:
+        return to_tensor(load_rgb(path))[None].contiguous()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise StylizeError(f"could not read image {path} ({err}); give a JPEG/PNG/... image file.") from err
+
+
+def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """Resize (antialiased bicubic) so the longer side is `long_side`, both sides rounded to multiples of 4."""
+    h, w = image.shape[-2:]
+    scale = long_side / max(h, w)
+    size = (max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4))
+    if size == (h, w):
+        return image
+    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> Path:
+    """Write (1, 3, H, W) in [-1, 1] atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    to_image(image[0]).save(tmp)
+    tmp.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the optimisation
+@dataclass
+class StyleSettings:
+    """Everything that defines a stylisation except the images and the VGG trunk."""
+
+    content_weight: float = 1.0
+    style_weight: float = 5.0
+    tv_weight: float = 1e-2
+    content_layers: Sequence[str] = CONTENT_LAYERS
+    style_layers: Sequence[str] = STYLE_LAYERS
+    style_layer_weights: Sequence[float] | None = None  # per style layer; default equal, summing to 1
+    style_loss: Literal["gram", "mmd"] = "gram"
+    kernel: losses.Kernel = "poly"
+    degree: int = 2
+    offset: float = 0.0
+    bandwidth: float | None = None  # Gaussian σ; None = per layer from the style (median heuristic)
+    max_samples: int | None = 1024  # MMD positions drawn per layer and call (non-linear kernels)
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    iterations: int = 300  # per scale
+    lr: float = 1.0  # L-BFGS step scale; for Adam something like 0.02 (pixels live in [-1, 1])
+    init: Literal["content", "noise", "style"] = "content"
+    scales: Sequence[int] = (512,)  # long side per pass, coarse to fine; the last is the output size
+    style_scale: float = 1.0  # style images resized to style_scale × the current long side
+    preserve_color: ColorMode = "none"
+    seed: int = 0
+    normalize_losses: bool = True
+
+
+def _check(settings: StyleSettings, n_styles: int, style_weights: Sequence[float] | None) -> list[float]:
+    if settings.style_loss not in ("gram", "mmd"):
+        raise StylizeError(f"unknown style loss {settings.style_loss!r}; choose gram or mmd")
+    if settings.kernel not in losses.KERNELS:
+        raise StylizeError(f"unknown kernel {settings.kernel!r}; choose one of {losses.KERNELS}")
+    if settings.optimizer not in ("lbfgs", "adam"):
+        raise StylizeError(f"unknown optimizer {settings.optimizer!r}; choose lbfgs or adam")
+    if settings.init not in ("content", "noise", "style"):
+        raise StylizeError(f"unknown init {settings.init!r}; choose content, noise or style")
+    if settings.preserve_color not in ("none", "luminance", "histogram"):
+        raise StylizeError(
+            f"unknown preserve_color {settings.preserve_color!r}; choose none, luminance or histogram"
+        )
+    if not settings.scales or any(s < 16 for s in settings.scales):
+        raise StylizeError(f"scales must be long-side sizes of at least 16 px, got {list(settings.scales)}")
+    layer_weights = settings.style_layer_weights
+    if layer_weights is not None and len(layer_weights) != len(settings.style_layers):
+        raise StylizeError(
+            f"{len(layer_weights)} style layer weights for {len(settings.style_layers)} style layers"
+        )
+    weights = [1.0] * n_styles if style_weights is None else [float(w) for w in style_weights]
+    if len(weights) != n_styles:
+        raise StylizeError(f"{len(weights)} style weights for {n_styles} style images; give one per --style")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise StylizeError(f"style weights must be non-negative with a positive sum, got {weights}")
+    return [w / sum(weights) for w in weights]
+
+
+class StyleObjective(nn.Module):
+    """The total loss of an image for fixed content and style targets at one resolution."""
+
+    def __init__(
+        self,
+        vgg: VGGFeatures,
+        content: torch.Tensor,  # (1, 3, H, W)
+        styles: Sequence[torch.Tensor],  # each (1, 3, h_k, w_k)
+        style_weights: Sequence[float],
+        settings: StyleSettings,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__()
+        self.vgg, self.settings, self.generator = vgg, settings, generator
+        self.style_weights = list(style_weights)
+        n_content = len(settings.content_layers)
+        self.n_content = n_content
+        n_style = len(settings.style_layers)
+        layer_w = settings.style_layer_weights or [1.0 / n_style] * n_style
+        self.layer_weights = [float(w) for w in layer_w]
+        with torch.no_grad():
+            self.content_targets = [f.detach() for f in vgg(content)[:n_content]]
+            per_style = [vgg(s)[n_content:] for s in styles]  # [style][layer]
+            self.style_targets = [
+                [ps[i].detach() for ps in per_style] for i in range(n_style)
+            ]  # [layer][style]
+            self.target_grams = [
+                losses.blend_grams([losses.gram_matrix(t)[0] for t in layer], self.style_weights)
+                for layer in self.style_targets
+            ]
+            self.content_norms = [
+                float((t**2).mean()) if settings.normalize_losses else 1.0 for t in self.content_targets
+            ]
+            self.style_norms = [
+                self._style_norm(i) if settings.normalize_losses else 1.0 for i in range(n_style)
+            ]
+
+    def _mmd_kwargs(self) -> dict:
+        s = self.settings
+        return {"kernel": s.kernel, "degree": s.degree, "offset": s.offset, "bandwidth": s.bandwidth}
+
+    def _style_norm(self, layer: int) -> float:
+        if self.settings.style_loss == "gram":
+            return max(float((self.target_grams[layer] ** 2).sum()), 1e-12)
+        # the style's kernel self-similarity Σ_kl w_k w_l mean k(s_k, s_l): MMD² against an all-zero image
+        # would be this for the linear and polynomial (offset 0) kernels
+        samples = [losses.feature_samples(t) for t in self.style_targets[layer]]
+        limit = self.settings.max_samples
+        if limit is not None:
+            samples = [s[torch.randperm(s.shape[0], generator=self.generator)[:limit]] for s in samples]
+        kw = self._mmd_kwargs()
+        if kw["kernel"] == "gaussian" and kw["bandwidth"] is None:
+            kw["bandwidth"] = losses.median_bandwidth(samples[0])
+        kw["bandwidth"] = kw["bandwidth"] or 1.0
+        if kw["kernel"] == "linear":
+            mix = sum(w * s.mean(0) for w, s in zip(self.style_weights, samples, strict=True))
+            return max(float((mix**2).sum()), 1e-12)
+        total = sum(
+            wk * wl * float(losses.kernel_matrix(sk, sl, **kw).mean())
+            for wk, sk in zip(self.style_weights, samples, strict=True)
+            for wl, sl in zip(self.style_weights, samples, strict=True)
+        )
+        return max(total, 1e-12)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.settings
+        feats = self.vgg(image)
+        content_feats, style_feats = feats[: self.n_content], feats[self.n_content :]
+        content = sum(
+            F.mse_loss(f, t) / n
+            for f, t, n in zip(content_feats, self.content_targets, self.content_norms, strict=True)
+        )
+        style = image.new_zeros(())
+        for i, f in enumerate(style_feats):
+            if s.style_loss == "gram":
+                term = losses.gram_distance(f, self.target_grams[i])
+            else:
+                term = losses.mmd_style_loss(
+                    [f],
+                    [self.style_targets[i]],
+                    self.style_weights,
+                    max_samples=s.max_samples,
+                    generator=self.generator,
+                    **self._mmd_kwargs(),
+                )
+            style = style + self.layer_weights[i] * term / self.style_norms[i]
+        tv = losses.total_variation(image)
+        total = s.content_weight * content + s.style_weight * style + s.tv_weight * tv
+        return {"total": total, "content": content, "style": style, "tv": tv}
+
+
+def _initial_image(init: str, content: torch.Tensor, styles: Sequence[torch.Tensor], gen: torch.Generator):
+    if init == "content":
+        return content.clone()
+    if init == "noise":
+        noise = torch.randn(content.shape, generator=gen).to(content.device)  # white noise around mid-grey
+        return (0.5 * noise).clamp(-1, 1)
+    return F.interpolate(styles[0], size=content.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+Callback = Callable[[int, int, torch.Tensor, dict[str, float]], None]
+
+
+def stylize(
+    content: torch.Tensor,  # (1, 3, H, W) in [-1, 1]
+    styles: Sequence[torch.Tensor],  # each (1, 3, h, w) in [-1, 1]
+    features: nn.Sequential,  # a VGG trunk from `load_vgg_features` (or a random one in tests)
+    *,
+    settings: StyleSettings | None = None,
+    style_weights: Sequence[float] | None = None,
+    arch: str = "vgg19",
+    device: str | torch.device = "cpu",
+    callback: Callback | None = None,  # (scale_index, iteration, image, losses) after every iteration
+    progress: bool = True,
+) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """Optimise an image coarse-to-fine over `settings.scales`; returns it (1, 3, H, W) and the loss history."""
+    settings = settings or StyleSettings()
+    if not styles:
+        raise StylizeError("give at least one style image")
+    weights = _check(settings, len(styles), style_weights)
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(settings.seed)
+    vgg = VGGFeatures(features, [*settings.content_layers, *settings.style_layers], arch=arch).to(device)
+    content_full = content.to(device)
+    styles_full = [s.to(device) for s in styles]
+
+    if settings.preserve_color == "histogram":
+        styles_full = [match_color_statistics(s, content_full) for s in styles_full]
+
+    history: list[dict[str, float]] = []
+    image: torch.Tensor | None = None
+    total_iters = settings.iterations * len(settings.scales)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_iters, disable=not progress, desc="stylize", unit="it", file=sys.stderr)
+    for scale_index, long_side in enumerate(settings.scales):
+        content_s = resize_long_side(content_full, long_side)
+        style_side = max(16, round(long_side * settings.style_scale))
+        styles_s = [resize_long_side(s, style_side) for s in styles_full]
+        if settings.preserve_color == "luminance":
+            styles_s = [luminance_image(s, like=content_s) for s in styles_s]
+            content_s = luminance_image(content_s)
+        objective = StyleObjective(vgg, content_s, styles_s, weights, settings, gen)
+        if image is None:
+            start = _initial_image(settings.init, content_s, styles_s, gen)
+        else:  # coarse-to-fine: upsample the previous result
+            start = F.interpolate(image, size=content_s.shape[-2:], mode="bicubic", align_corners=False)
+            if settings.preserve_color == "luminance":
+                start = luminance_image(start)
+        pixels = start.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+        image = _optimise(pixels, objective, settings, scale_index, bar, history, callback)
+    bar.close()
+    assert image is not None
+    if settings.preserve_color == "luminance":
+        content_out = F.interpolate(content_full, size=image.shape[-2:], mode="bicubic", align_corners=False)
+        image = combine_luminance(image, content_out.clamp(-1, 1))
+    return image.clamp(-1, 1), history
+
+
+def _optimise(
+    pixels: torch.Tensor,
+    objective: StyleObjective,
+    settings: StyleSettings,
+    scale_index: int,
+    bar,
+    history: list[dict[str, float]],
+    callback: Callback | None,
+) -> torch.Tensor:
+    last: dict[str, float] = {}
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        terms = objective(pixels)
+        terms["total"].backward()
+        last.update({k: float(v.detach()) for k, v in terms.items()})
+        return terms["total"]
+
+    if settings.optimizer == "lbfgs":
+        # one L-BFGS iteration per step(); the curvature history persists in the optimiser's state
+        optimizer = torch.optim.LBFGS([pixels], lr=settings.lr, max_iter=1, history_size=50)
+    else:
+        optimizer = torch.optim.Adam([pixels], lr=settings.lr)
+    for iteration in range(1, settings.iterations + 1):
+        if settings.optimizer == "lbfgs":
+            optimizer.step(closure)
+        else:
+            closure()
+            optimizer.step()
+            with torch.no_grad():
+                pixels.clamp_(-1, 1)
+        if not math.isfinite(last["total"]):
+            raise StylizeError("the loss became non-finite; lower --lr or the loss weights")
+        history.append({"scale": scale_index, "iteration": iteration, **last})
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{last['total']:.4g}", style=f"{last['style']:.3g}", content=f"{last['content']:.3g}"
+        )
+        if callback is not None:
+            callback(scale_index, iteration, pixels.detach().clamp(-1, 1), last)
+    return pixels.detach()
+
+
+# ----------------------------------------------------------------------------- CLI
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = StyleSettings()
+    p = argparse.ArgumentParser(
+        prog="stylegan-stylize",
+        description="Neural style transfer by optimisation (Gatys et al.), Gram or MMD style loss.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--content", required=True, help="content photo")
+    p.add_argument("--style", action="append", required=True, help="style image (repeat to blend styles)")
+    p.add_argument("--style-weights", type=_floats, help="blend weights, one per --style, e.g. 0.7,0.3")
+    p.add_argument("--output", required=True, help="output image (.png, .jpg)")
+    p.add_argument(
+        "--size", type=int, default=512, help="long side of the output (when --scales is not given)"
+    )
+    p.add_argument(
+        "--scales", type=_ints, help="coarse-to-fine long sides, e.g. 256,512 (last = output size)"
+    )
+    p.add_argument(
+        "--style-scale", type=float, default=d.style_scale, help="style size relative to the output"
+    )
+    p.add_argument("--iterations", type=int, default=d.iterations, help="iterations per scale")
+    p.add_argument("--optimizer", choices=["lbfgs", "adam"], default=d.optimizer)
+    p.add_argument("--lr", type=float, help="step size (default 1.0 for lbfgs, 0.02 for adam)")
+    p.add_argument("--init", choices=["content", "noise", "style"], default=d.init)
+    p.add_argument("--content-weight", type=float, default=d.content_weight)
+    p.add_argument("--style-weight", type=float, default=d.style_weight)
+    p.add_argument("--tv-weight", type=float, default=d.tv_weight)
+    p.add_argument("--content-layers", type=_names, default=list(d.content_layers))
+    p.add_argument("--style-layers", type=_names, default=list(d.style_layers))
+    p.add_argument("--style-layer-weights", type=_floats, help="one per style layer (default equal)")
+    p.add_argument("--style-loss", choices=["gram", "mmd"], default=d.style_loss)
+    p.add_argument("--kernel", choices=list(losses.KERNELS), default=d.kernel, help="MMD kernel")
+    p.add_argument("--degree", type=int, default=d.degree, help="polynomial kernel degree")
+    p.add_argument("--offset", type=float, default=d.offset, help="polynomial kernel offset c in (x·y + c)^d")
+    p.add_argument("--bandwidth", type=float, help="Gaussian kernel σ (default: median heuristic per layer)")
+    p.add_argument("--max-samples", type=int, default=d.max_samples, help="MMD positions sampled per layer")
+    p.add_argument("--preserve-color", choices=["none", "luminance", "histogram"], default=d.preserve_color)
+    p.add_argument("--save-every", type=int, default=0, help="write an intermediate image every N iterations")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--vgg-weights", help="local VGG19 weights (torchvision state dict or quantised Caffe .bin)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    lr = args.lr if args.lr is not None else (1.0 if args.optimizer == "lbfgs" else 0.02)
+    settings = StyleSettings(
+        content_weight=args.content_weight,
+        style_weight=args.style_weight,
+        tv_weight=args.tv_weight,
+        content_layers=args.content_layers,
+        style_layers=args.style_layers,
+        style_layer_weights=args.style_layer_weights,
+        style_loss=args.style_loss,
+        kernel=args.kernel,
+        degree=args.degree,
+        offset=args.offset,
+        bandwidth=args.bandwidth,
+        max_samples=args.max_samples,
+        optimizer=args.optimizer,
+        iterations=args.iterations,
+        lr=lr,
+        init=args.init,
+        scales=args.scales or [args.size],
+        style_scale=args.style_scale,
+        preserve_color=args.preserve_color,
+        seed=args.seed,
+    )
+    output = Path(args.output)
+    try:
+        if output.suffix.lower() not in Image.registered_extensions():
+            raise StylizeError(f"output {output} has no known image extension; use .png or .jpg")
+        content = read_image(args.content)
+        styles = [read_image(path) for path in args.style]
+        features = load_vgg_features("vgg19", weights_path=args.vgg_weights)
+        torch.manual_seed(args.seed)
+
+        def save_intermediate(scale_index: int, iteration: int, image: torch.Tensor, _terms) -> None:
+            if args.save_every and iteration % args.save_every == 0:
+                tag = f"_s{scale_index}" if len(settings.scales) > 1 else ""
+                save_image(image, output.with_name(f"{output.stem}{tag}_{iteration:04d}{output.suffix}"))
+
+        image, history = stylize(
+            content,
+            styles,
+            features,
+            settings=settings,
+            style_weights=args.style_weights,
+            device=device,
+            callback=save_intermediate if args.save_every else None,
+            progress=not args.no_progress,
+        )
+        save_image(image, output)
+    except (StylizeError, VGGWeightsError) as err:
+        print(f"stylegan-stylize: error: {err}", file=sys.stderr)
+        return 2
+    last = history[-1]
+    print(
+        f"wrote {output} ({image.shape[-1]}x{image.shape[-2]}); final loss {last['total']:.4g} "
+        f"(content {last['content']:.4g}, style {last['style']:.4g}, tv {last['tv']:.4g})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

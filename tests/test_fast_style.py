@@ -1,0 +1,130 @@
+"""Fast feed-forward style (Johnson et al.): network, module, Hydra experiment, export."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+import stylegan_transfer.perceptual as perceptual
+from conftest import write_images
+from stylegan_transfer.export import load_generator, read_metadata
+from stylegan_transfer.fast_style import FastStyleModule
+from stylegan_transfer.networks import GENERATORS, JohnsonGenerator, build_generator
+from stylegan_transfer.perceptual import vgg_features_module
+from stylegan_transfer.training import train
+
+TINY_J = {"arch": "johnson", "channels": 4, "n_blocks": 1}
+
+
+def tiny_vgg_loader(arch: str = "vgg19", *, weights_path=None) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return vgg_features_module(arch, width_divisor=16)
+
+
+def test_johnson_network_layout_and_range():
+    assert GENERATORS["johnson"] is JohnsonGenerator
+    net = build_generator("johnson")  # paper widths 32/64/128, 5 residual blocks: about 1.7 M parameters
+    assert 1.5e6 < sum(p.numel() for p in net.parameters()) < 1.8e6
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].kernel_size == (9, 9) and convs[-1].kernel_size == (9, 9)
+    assert [c.stride for c in convs[1:3]] == [(2, 2), (2, 2)]
+    assert sum(isinstance(m, torch.nn.Upsample) for m in net.modules()) == 2
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
+    out = build_generator("johnson", **{k: v for k, v in TINY_J.items() if k != "arch"})(
+        torch.randn(2, 3, 36, 44) * 3
+    )
+    assert out.shape == (2, 3, 36, 44) and out.abs().max() <= 1
+
+
+def test_training_steps_lower_the_perceptual_loss(tmp_path):
+    photos = write_images(tmp_path / "photos", 2, size=(32, 32), seed=1)
+    style = write_images(tmp_path / "style", 1, size=(32, 32), seed=2, tint=(200, 0, 0))[0]
+    module = FastStyleModule(style_image=str(style), style_size=32, generator=TINY_J, lr=0.02)
+    module.vgg = perceptual.VGGFeatures(tiny_vgg_loader(), ["relu2_2", *module.hparams.style_layers])
+    module.setup("fit")
+    batch = torch.stack([perceptual_input(p) for p in photos])  # (2, 3, 32, 32)
+    before = module._losses(batch)["loss"].item()
+    optimizer = module.configure_optimizers()["optimizer"]
+    for _ in range(15):
+        optimizer.zero_grad()
+        module._losses(batch)["loss"].backward()
+        optimizer.step()
+    after = module._losses(batch)["loss"].item()
+    assert after < 0.8 * before
+    assert not hasattr(module, "g_ba") and not hasattr(module, "d_a")
+
+
+def perceptual_input(path) -> torch.Tensor:
+    from stylegan_transfer.data import load_rgb, to_tensor
+
+    return to_tensor(load_rgb(path))
+
+
+def test_fast_style_experiment_composes_and_instantiates_without_weights(compose_cfg, tmp_path):
+    style = write_images(tmp_path / "paintings", 1, seed=2)[0]
+    cfg = compose_cfg("experiment=fast_style", f"model.style_image={style}")
+    assert cfg.model._target_ == "stylegan_transfer.fast_style.FastStyleModule"
+    assert cfg.data.dir_b == str(tmp_path / "paintings")  # the style image's own folder
+    module = instantiate(cfg.model)
+    assert isinstance(module, FastStyleModule) and module.vgg is None  # nothing loaded before setup()
+    assert module.generator_arch == "johnson" and module.generator_kwargs["channels"] == 4
+
+
+@pytest.mark.slow
+def test_train_py_fast_style_exports_a_generator_like_cyclegans(compose_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(perceptual, "load_vgg_features", tiny_vgg_loader)
+    photos = tmp_path / "photos"
+    write_images(photos, 3, size=(40, 36), seed=1)
+    style = write_images(tmp_path / "paintings", 1, seed=2, tint=(0, 0, 200))[0]
+    cfg = compose_cfg(
+        "experiment=fast_style",
+        f"data.dir_a={photos}",
+        f"model.style_image={style}",
+        "model.style_size=32",
+        "trainer.max_epochs=1",
+    )
+    metrics = train(cfg)
+    assert "val/loss" in metrics and metrics["optimized_metric"] == metrics["val/loss"]
+    export = tmp_path / "run" / "export"
+    assert sorted(p.name for p in export.iterdir()) == ["g_ab.safetensors"]
+    meta = read_metadata(export / "g_ab.safetensors")
+    assert meta["arch"] == "johnson" and meta["role"] == "g_ab"
+    generator = load_generator(export / "g_ab.safetensors")
+    out = generator(torch.zeros(1, 3, 32, 32))
+    assert out.shape == (1, 3, 32, 32)
+    assert (tmp_path / "run" / "samples" / "latest.png").is_file()
+
+
+def test_missing_style_image_is_a_clear_error():
+    module = FastStyleModule(generator=TINY_J)
+    module.vgg = torch.nn.Identity()
+    with pytest.raises(ValueError, match=r"model\.style_image"):
+        module.setup("fit")
+
+
+def test_trainer_fit_with_injected_vgg(tmp_path):
+    from stylegan_transfer.data import UnpairedDataModule
+
+    write_images(tmp_path / "a", 2, size=(32, 32), seed=1)
+    style = write_images(tmp_path / "b", 1, size=(32, 32), seed=2)[0]
+    module = FastStyleModule(style_image=str(style), style_size=32, generator=TINY_J)
+    module.vgg = perceptual.VGGFeatures(tiny_vgg_loader(), ["relu2_2", *module.hparams.style_layers])
+    before = {k: v.clone() for k, v in module.g_ab.state_dict().items()}
+    data = UnpairedDataModule(
+        dir_a=str(tmp_path / "a"), dir_b=str(tmp_path / "b"), load_size=36, crop_size=32, num_workers=0
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=data)
+    assert any(not torch.equal(before[k], v) for k, v in module.g_ab.state_dict().items())
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
