@@ -87,6 +87,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
     result = train_py(
         *TINY,
         "trainer=ddp",
+        "perf=none",  # the GPU speed preset (batch 8, compile) is not what this CPU DDP test checks
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.precision=32-true",

@@ -1,0 +1,462 @@
+"""Training and inference throughput, FLOPs and MFU of the paper's CycleGAN, on whatever device is present.
+
+    python scripts/benchmark.py                       # GPU: 256px; CPU: 128px training, 256px inference
+    python scripts/benchmark.py --sizes 128 256 --steps 20 --warmup 5 --out bench/
+    python scripts/benchmark.py --int8                # CPU: also ONNX Runtime int8 vs fp32 inference
+
+Two training configurations run in the same process:
+  reference  the official code's behaviour: fp32, eager, batch 1, default cuDNN settings, plain Adam;
+  fast       this project's preset (configs/perf/gpu.yaml on a GPU: bf16 autocast, channels_last,
+             torch.compile, fused Adam, cuDNN autotuning, larger batch; configs/perf/cpu.yaml on a CPU).
+Both are real Lightning `Trainer.fit` runs of `CycleGANModule` with all CycleGAN losses. FLOPs are counted
+with `torch.utils.flop_counter.FlopCounterMode` on one eager step; MFU = achieved FLOP/s / a matmul peak
+measured in the same run (fp32 for fp32 runs, bf16 for bf16 runs). Writes benchmark.json and benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from stylegan_transfer.module import CycleGANModule
+from stylegan_transfer.networks import build_generator, init_weights
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 5) -> float:
+    """Best achieved TFLOP/s of an n x n matmul (2 n^3 FLOPs): the roofline this run is judged against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm up (library init, autotuning)
+    sync(device)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
+
+
+class StepTimer(L.Callback):
+    """Counts FLOPs of batch 0 (eager runs only) and times batches warmup .. warmup+steps-1."""
+
+    def __init__(self, warmup: int, steps: int, count_flops: bool) -> None:
+        self.warmup, self.steps, self.count_flops = warmup, steps, count_flops
+        self.flops: int | None = None
+        self.seconds = float("nan")
+        self._counter: FlopCounterMode | None = None
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0 and self.count_flops:
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+        if batch_idx == self.warmup:
+            sync(pl_module.device)
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 0 and self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.flops = int(self._counter.get_total_flops())
+            self._counter = None
+        if batch_idx == self.warmup + self.steps - 1:
+            sync(pl_module.device)
+            self.seconds = time.perf_counter() - self._start
+
+
+def synthetic_batches(count: int, batch: int, size: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        {
+            "a": torch.rand(batch, 3, size, size, generator=gen) * 2 - 1,  # (B, 3, H, W)
+            "b": torch.rand(batch, 3, size, size, generator=gen) * 2 - 1,
+        }
+        for _ in range(count)
+    ]
+    return DataLoader(batches, batch_size=None)  # already batched; Lightning moves them to the device
+
+
+def training_configs(device: torch.device, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    reference = {
+        "batch": 1,
+        "precision": "32-true",
+        "cudnn_benchmark": False,
+        "module": {"channels_last": False, "compile": False, "fused_adam": False},
+    }
+    if device.type == "cuda":
+        fast = {
+            "batch": args.batch,
+            "precision": "bf16-mixed",
+            "cudnn_benchmark": True,
+            "module": {"channels_last": True, "compile": not args.no_compile, "fused_adam": True},
+        }
+        return {"reference": reference, "fast": fast}
+    fast = {  # configs/perf/cpu.yaml
+        "batch": args.batch,
+        "precision": "32-true",
+        "cudnn_benchmark": False,
+        "module": {"channels_last": True, "compile": False, "fused_adam": False},
+    }
+    fast_bf16 = {**fast, "precision": "bf16-mixed"}
+    return {"reference": reference, "fast": fast, "fast_bf16": fast_bf16}
+
+
+def run_training(
+    name: str, spec: dict[str, Any], size: int, device: torch.device, args: argparse.Namespace
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    module = CycleGANModule(
+        generator={"arch": "resnet", "channels": args.channels, "n_blocks": args.n_blocks},
+        discriminator={"arch": "patch", "channels": args.channels, "n_layers": 3},
+        batch_size=spec["batch"],
+        **spec["module"],
+    )
+    eager = not spec["module"]["compile"]
+    timer = StepTimer(args.warmup, args.steps, count_flops=eager)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=spec["precision"],
+        benchmark=spec["cudnn_benchmark"],
+        max_steps=2 * (args.warmup + args.steps),  # two optimisers step per batch
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=50,
+        callbacks=[timer],
+        default_root_dir=tempfile.gettempdir(),
+    )
+    trainer.fit(module, train_dataloaders=synthetic_batches(args.warmup + args.steps, spec["batch"], size))
+    steps_per_s = args.steps / timer.seconds
+    row = {
+        "config": name,
+        "size": size,
+        "batch": spec["batch"],
+        "precision": spec["precision"],
+        **spec["module"],
+        "cudnn_benchmark": spec["cudnn_benchmark"],
+        "seconds_per_step": timer.seconds / args.steps,
+        "steps_per_s": steps_per_s,
+        "pairs_per_s": steps_per_s * spec["batch"],
+        "flops_per_step": timer.flops,  # filled from the reference's count when this run is compiled
+        "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    }
+    return row
+
+
+def run_inference(
+    name: str, size: int, device: torch.device, args: argparse.Namespace, fast: bool
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    net = build_generator("resnet", channels=args.channels, n_blocks=args.n_blocks)
+    init_weights(net)
+    net = net.to(device).eval()
+    x = torch.rand(args.inference_batch, 3, size, size, device=device) * 2 - 1  # (B, 3, H, W)
+    bf16 = fast and device.type == "cuda"
+    if fast:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(x)
+    flops = counter.get_total_flops()
+    if fast and device.type == "cuda" and not args.no_compile:
+        net.compile()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    with torch.inference_mode(), autocast:
+        for _ in range(args.warmup):
+            net(x)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(args.inference_steps):
+            net(x)
+        sync(device)
+        seconds = (time.perf_counter() - start) / args.inference_steps
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # whole-process peak resident memory (Linux reports KiB)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "config": name,
+        "size": size,
+        "batch": args.inference_batch,
+        "precision": "bf16" if bf16 else "fp32",
+        "images_per_s": args.inference_batch / seconds,
+        "seconds_per_batch": seconds,
+        "flops_per_image": flops / args.inference_batch,
+        "peak_memory_mb": peak_mb,
+    }
+
+
+def int8_experiment(size: int, args: argparse.Namespace) -> dict[str, Any]:
+    """CPU: ONNX Runtime static int8 (QDQ) vs fp32 on real photos from the packaged demo set."""
+    import logging
+
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from stylegan_transfer.data import list_images, load_rgb, to_tensor
+
+    photos = list_images(Path(__file__).resolve().parents[1] / "src/stylegan_transfer/assets/demo/testA")
+    images = [
+        to_tensor(load_rgb(p).resize((size, size))).unsqueeze(0).numpy() for p in photos
+    ]  # (1, 3, H, W)
+    torch.manual_seed(0)
+    if args.weights:
+        from stylegan_transfer.export import load_generator
+
+        net = load_generator(args.weights).eval()
+    else:
+        net = init_weights(build_generator("resnet", channels=args.channels, n_blocks=args.n_blocks)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path, int8_path = Path(tmp) / "g.onnx", Path(tmp) / "g_int8.onnx"
+        torch.onnx.export(
+            net, (torch.from_numpy(images[0]),), str(fp32_path), input_names=["image"], output_names=["out"],
+            dynamo=False, opset_version=17,
+        )  # fmt: skip
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.items = iter(images)
+
+            def get_next(self):
+                item = next(self.items, None)
+                return None if item is None else {"image": item}
+
+        logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns once per layer
+        quantize_static(
+            str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+        )  # fmt: skip
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        sessions = {
+            k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+            for k, p in (("fp32", fp32_path), ("int8", int8_path))
+        }
+        timing, outputs = {}, {}
+        for key, session in sessions.items():
+            session.run(None, {"image": images[0]})
+            start = time.perf_counter()
+            outputs[key] = [session.run(None, {"image": im})[0] for im in images]
+            timing[key] = (time.perf_counter() - start) / len(images)
+    ref, got = np.concatenate(outputs["fp32"]), np.concatenate(outputs["int8"])
+    mse = float(np.mean((ref - got) ** 2))
+    psnr = 10 * np.log10(4.0 / mse) if mse > 0 else float("inf")  # range [-1, 1]: peak-to-peak 2
+    lpips = None
+    try:  # LPIPS (AlexNet) from the metrics modules when they and their cached weights are present
+        from stylegan_transfer.metric_weights import load_lpips  # type: ignore[import-not-found]
+
+        lpips = float(load_lpips("alex", lin_url=None)(torch.from_numpy(ref), torch.from_numpy(got)).mean())
+    except Exception as error:  # any failure means "not measured", and is reported as such
+        print(f"int8: LPIPS not measured ({type(error).__name__}: {error})", file=sys.stderr)
+    return {
+        "size": size,
+        "photos": len(images),
+        "weights": args.weights or "paper init (untrained)",
+        "fp32_seconds": timing["fp32"],
+        "int8_seconds": timing["int8"],
+        "speedup": timing["fp32"] / timing["int8"],
+        "psnr_db": psnr,
+        "max_abs_error": float(np.abs(ref - got).max()),
+        "lpips": lpips,
+        "gate_passed": None
+        if lpips is None
+        else bool(timing["fp32"] / timing["int8"] >= 2 and lpips <= 0.02),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    peaks = ", ".join(f"{k} {v:.4g} TFLOP/s" for k, v in report["peak_tflops"].items())
+    lines = [
+        f"Device: {report['device']}; torch {report['torch']}; threads {report['threads']}; {report['date']}",
+        f"Command: `{report['command']}`",
+        f"Measured matmul peak: {peaks}",
+        "",
+        "| training | size | batch | precision | channels_last | compile | fused Adam | steps/s | pairs/s "
+        "| s/step | TFLOP/s | MFU | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["training"]:
+        mem = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+        lines.append(
+            f"| {r['config']} | {r['size']} | {r['batch']} | {r['precision']} | {r['channels_last']} "
+            f"| {r['compile']} | {r['fused_adam']} | {r['steps_per_s']:.3f} | {r['pairs_per_s']:.3f} "
+            f"| {r['seconds_per_step']:.3f} | {r['tflops']:.4g} | {100 * r['mfu']:.1f} % | {mem} |"
+        )
+    lines.append("")
+    for size, ratio in report["speedup"].items():
+        lines.append(f"Training speed-up fast / reference at {size}px (pairs/s): **{ratio:.2f}x**")
+    lines += [
+        "",
+        "| inference | size | batch | precision | images/s | GFLOP/image | roofline ratio | peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["inference"]:
+        lines.append(
+            f"| {r['config']} | {r['size']} | {r['batch']} | {r['precision']} | {r['images_per_s']:.2f} "
+            f"| {r['flops_per_image'] / 1e9:.4g} | {r['roofline_ratio']:.2f} | {r['peak_memory_mb']:.0f} |"
+        )
+    lines.append("")
+    lines.append("roofline ratio = measured time / (FLOPs / fp32 matmul peak); 1.0 = at the roofline.")
+    if report.get("int8"):
+        q = report["int8"]
+        lpips = "not measured" if q["lpips"] is None else f"{q['lpips']:.4f}"
+        lines += [
+            "",
+            f"int8 (ONNX Runtime, static QDQ) at {q['size']}px on {q['photos']} photos, weights: {q['weights']}: "
+            f"fp32 {q['fp32_seconds']:.3f} s, int8 {q['int8_seconds']:.3f} s, speed-up {q['speedup']:.2f}x, "
+            f"PSNR {q['psnr_db']:.1f} dB, max |error| {q['max_abs_error']:.3f}, LPIPS {lpips}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="training sizes (default: 256 on GPU, 128 on CPU)"
+    )
+    parser.add_argument("--batch", type=int, help="batch of the fast configuration (default: 8 GPU, 1 CPU)")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, autotuning)")
+    parser.add_argument("--inference-sizes", type=int, nargs="*", help="default: 256 512 1024 GPU, 256 CPU")
+    parser.add_argument("--inference-batch", type=int, help="default: 8 on GPU, 1 on CPU")
+    parser.add_argument("--inference-steps", type=int, help="timed batches (default: 20 GPU, 3 CPU)")
+    parser.add_argument("--channels", type=int, default=64, help="base width (paper: 64)")
+    parser.add_argument("--n-blocks", type=int, default=9, help="residual blocks (paper: 9)")
+    parser.add_argument(
+        "--matmul-size", type=int, help="n of the n x n peak matmul (default 8192 GPU, 2048 CPU)"
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use)")
+    parser.add_argument("--no-compile", action="store_true", help="fast configuration without torch.compile")
+    parser.add_argument("--skip-reference", action="store_true", help="only the fast training configuration")
+    parser.add_argument("--int8", action="store_true", help="CPU: ONNX Runtime int8 vs fp32 inference")
+    parser.add_argument("--weights", help="exported generator (.safetensors) for the int8 comparison")
+    parser.add_argument("--out", default="benchmark_out", help="folder for benchmark.json and benchmark.md")
+    args = parser.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        parser.exit(2, f"error: --device {args.device} is not available here; use --device cpu\n")
+    gpu = args.device == "cuda"
+    args.sizes = args.sizes or ([256] if gpu else [128])
+    args.batch = args.batch or (8 if gpu else 1)
+    args.inference_sizes = args.inference_sizes if args.inference_sizes is not None else (
+        [256, 512, 1024] if gpu else [256]
+    )  # fmt: skip
+    args.inference_batch = args.inference_batch or (8 if gpu else 1)
+    args.inference_steps = args.inference_steps or (20 if gpu else 3)
+    args.matmul_size = args.matmul_size or (8192 if gpu else 2048)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if device.type == "cpu":
+        try:
+            model = next(
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            )
+            name = f"{model} ({len(os.sched_getaffinity(0))} cores)"
+        except (OSError, StopIteration):
+            pass
+    peaks = {"float32": matmul_peak_tflops(device, torch.float32, args.matmul_size)}
+    peaks["bfloat16"] = matmul_peak_tflops(device, torch.bfloat16, args.matmul_size)
+    print(f"device {name}; matmul peak {peaks}", flush=True)
+
+    training = []
+    for size in args.sizes:
+        flops_per_pair = None
+        for config, spec in training_configs(device, args).items():
+            if args.skip_reference and config == "reference":
+                continue
+            row = run_training(config, spec, size, device, args)
+            if row["flops_per_step"] is not None:
+                flops_per_pair = flops_per_pair or row["flops_per_step"] / row["batch"]
+            else:  # compiled runs are not counted; the model's math is the same as the eager one's
+                row["flops_per_step"] = None if flops_per_pair is None else int(flops_per_pair * row["batch"])
+            peak = peaks["bfloat16" if row["precision"].startswith("bf16") else "float32"]
+            row["tflops"] = (row["flops_per_step"] or 0) * row["steps_per_s"] / 1e12
+            row["mfu"] = row["tflops"] / peak
+            print(json.dumps(row), flush=True)
+            training.append(row)
+    speedup = {}
+    for size in args.sizes:
+        rows = {r["config"]: r for r in training if r["size"] == size}
+        if "reference" in rows and "fast" in rows:
+            speedup[str(size)] = rows["fast"]["pairs_per_s"] / rows["reference"]["pairs_per_s"]
+
+    inference = []
+    for size in args.inference_sizes:
+        for config, fast in (("reference", False), ("fast", True)):
+            row = run_inference(config, size, device, args, fast)
+            ideal = row["flops_per_image"] / (peaks["float32"] * 1e12)
+            row["roofline_ratio"] = (row["seconds_per_batch"] / row["batch"]) / ideal
+            print(json.dumps(row), flush=True)
+            inference.append(row)
+
+    report = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "peak_tflops": peaks,
+        "training": training,
+        "speedup": speedup,
+        "inference": inference,
+        "int8": int8_experiment(args.inference_sizes[0] if args.inference_sizes else 256, args)
+        if args.int8
+        else None,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for filename, text in (
+        ("benchmark.json", json.dumps(report, indent=2)),
+        ("benchmark.md", markdown(report)),
+    ):
+        tmp = out / f".{filename}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / filename)
+    print(markdown(report))
+    print(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""Performance switches (channels_last, bf16 autocast, fused Adam, compile, batch LR rule, no host syncs):
+each keeps the reference losses within tolerance over a short CPU run, and the presets compose."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from stylegan_transfer.module import CycleGANModule, batch_lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}
+TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2}
+
+
+def tiny_module(**kwargs) -> CycleGANModule:
+    torch.manual_seed(0)
+    return CycleGANModule(generator=TINY_G, discriminator=TINY_D, pool_size=2, **kwargs)
+
+
+def fixed_batches(count: int, batch: int = 1, size: int = 32) -> DataLoader:
+    gen = torch.Generator().manual_seed(1)
+    batches = [
+        {
+            "a": torch.rand(batch, 3, size, size, generator=gen) * 2 - 1,  # (B, 3, H, W)
+            "b": torch.rand(batch, 3, size, size, generator=gen) * 2 - 1,
+        }
+        for _ in range(count)
+    ]
+    return DataLoader(batches, batch_size=None)  # already batched
+
+
+class LossRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[tuple[float, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        m = trainer.callback_metrics
+        self.losses.append((float(m["train/loss_g"]), float(m["train/loss_d"])))
+
+
+def run_losses(
+    module: CycleGANModule, *, steps: int = 4, precision: str = "32-true"
+) -> list[tuple[float, float]]:
+    recorder = LossRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_steps=2 * steps,  # two optimiser steps per batch
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=fixed_batches(steps))
+    return recorder.losses
+
+
+@pytest.fixture(scope="module")
+def reference_losses() -> list[tuple[float, float]]:
+    return run_losses(tiny_module())
+
+
+def assert_close(got, want, rel: float) -> None:
+    assert len(got) == len(want)
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        for name, x, y in (("loss_g", g[0], w[0]), ("loss_d", g[1], w[1])):
+            assert math.isfinite(x)
+            assert x == pytest.approx(y, rel=rel), f"step {step} {name}: {x} vs reference {y}"
+
+
+def test_channels_last_converts_weights_and_keeps_losses(reference_losses):
+    module = tiny_module(channels_last=True)
+    convs = [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert_close(run_losses(module), reference_losses, rel=5e-3)
+
+
+def test_fused_adam_is_used_when_asked_and_keeps_losses(reference_losses):
+    module = tiny_module(fused_adam=True)
+    opts, _ = module.configure_optimizers()
+    assert all(opt.defaults["fused"] for opt in opts)
+    assert not tiny_module().adam_implementation()  # CPU default: torch's own choice
+    assert_close(run_losses(module), reference_losses, rel=1e-5)
+
+
+def test_bf16_autocast_keeps_losses_within_loose_tolerance(reference_losses):
+    losses = run_losses(tiny_module(), precision="bf16-mixed")
+    assert_close(losses, reference_losses, rel=2e-2)
+
+
+@pytest.mark.parametrize(
+    ("batch", "rule", "factor"),
+    [(1, "sqrt", 1.0), (4, "none", 1.0), (4, "sqrt", 2.0), (4, "linear", 4.0), (9, "sqrt", 3.0)],
+)
+def test_batch_lr_rule(batch, rule, factor):
+    assert batch_lr_factor(batch, rule) == pytest.approx(factor)
+    opts, _ = tiny_module(batch_size=batch, lr_scaling=rule).configure_optimizers()
+    assert all(opt.param_groups[0]["lr"] == pytest.approx(2e-4 * factor) for opt in opts)
+
+
+def test_batch_lr_rule_rejects_bad_values():
+    with pytest.raises(ValueError, match="lr_scaling"):
+        tiny_module(lr_scaling="cubic")
+    with pytest.raises(ValueError, match="batch sizes"):
+        tiny_module(batch_size=0)
+
+
+def test_compile_flag_compiles_in_place_and_keeps_parameter_names():
+    module = tiny_module(compile=True)
+    keys = list(module.state_dict())
+    module.configure_model()
+    module.configure_model()  # idempotent
+    assert all(net._compiled_call_impl is not None for net in module.networks)
+    assert list(module.state_dict()) == keys
+    assert tiny_module().g_ab._compiled_call_impl is None
+
+
+def test_gpu_preset_turns_every_switch_on_and_perf_none_turns_them_off(compose_cfg):
+    cfg = compose_cfg("trainer=gpu")
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.benchmark is True
+    model = cfg.model
+    assert (model.channels_last, model.compile, model.fused_adam, model.lr_scaling) == (
+        True,
+        True,
+        True,
+        "sqrt",
+    )
+    assert model.batch_size == cfg.data.batch_size > 1
+    module = instantiate(model)  # builds on CPU: compile is lazy
+    assert module.hparams.compile and module.hparams.channels_last
+
+    plain = compose_cfg("trainer=gpu", "perf=none").model
+    assert (plain.channels_last, plain.compile, plain.fused_adam, plain.lr_scaling) == (
+        False,
+        False,
+        None,
+        "none",
+    )
+    assert compose_cfg("trainer=ddp", "model.compile=false").model.compile is False
+    assert compose_cfg().model.channels_last is False  # CPU default untouched
+
+
+def test_training_step_reads_nothing_back_to_the_host(monkeypatch):
+    """No `.item()`/`float()`/`bool()` on step tensors (a GPU host sync) outside the image pool's CPU RNG.
+
+    Fused Adam, as in the GPU preset: its step counters live on the device (plain Adam reads CPU counters).
+    """
+    calls: list[str] = []
+
+    def spy(name, original):
+        def wrapper(self, *args, **kwargs):
+            stack = traceback.extract_stack()[:-1]
+            if any(f.name == "training_step" for f in stack) and not any(
+                f.filename.endswith("image_pool.py") for f in stack
+            ):
+                calls.append(f"{name} at {stack[-1].filename}:{stack[-1].lineno}")
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
+
+    class Syncing(CycleGANModule):  # control: a step that does read a loss back must be caught
+        def training_step(self, batch, batch_idx):
+            super().training_step(batch, batch_idx)
+            self.trainer.callback_metrics["train/loss_g"].item()
+
+    for module, expect_calls in (
+        (tiny_module(channels_last=True, fused_adam=True), False),
+        (Syncing(generator=TINY_G, discriminator=TINY_D), True),
+    ):
+        calls.clear()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=6,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            log_every_n_steps=50,
+        )
+        trainer.fit(module, train_dataloaders=fixed_batches(3))
+        assert trainer.global_step == 6  # 3 batches, two optimisers each
+        assert bool(calls) == expect_calls, calls
+
+
+@pytest.mark.slow
+def test_benchmark_script_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "bench"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "benchmark.py"),
+        "--sizes", "32",
+        "--inference-sizes", "32",
+        "--steps", "1",
+        "--warmup", "1",
+        "--channels", "4",
+        "--n-blocks", "1",
+        "--matmul-size", "256",
+        "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "benchmark.json").read_text())
+    assert data["device"] and data["peak_tflops"]["float32"] > 0
+    train = data["training"]
+    assert {row["config"] for row in train} >= {"reference", "fast"}
+    for row in train:
+        for key in ("size", "batch", "steps_per_s", "pairs_per_s", "flops_per_step", "tflops", "mfu"):
+            assert key in row, key
+        assert row["steps_per_s"] > 0 and row["flops_per_step"] > 0 and 0 < row["mfu"] < 1
+    assert data["speedup"]["32"] > 0
+    infer = data["inference"][0]
+    assert infer["size"] == 32 and infer["images_per_s"] > 0 and infer["peak_memory_mb"] > 0
+    assert infer["roofline_ratio"] > 0
+    markdown = (out / "benchmark.md").read_text()
+    assert "MFU" in markdown and "images/s" in markdown and "reference" in markdown
