@@ -47,7 +47,7 @@ def test_stop_and_resume_matches_uninterrupted_run(compose_cfg, dataset_override
 
     first = run(compose_cfg, tmp_path / "first", *dataset_overrides, "trainer.max_epochs=2")
     last = first / "checkpoints" / "last.ckpt"
-    assert last.is_file()
+    assert torch.load(last, weights_only=True)["epoch"] == 1
     resumed = step_losses(run(compose_cfg, tmp_path / "resumed", *dataset_overrides, f"ckpt_path={last}"))
     assert sorted(resumed) == [8, 9, 10, 11]  # only the third epoch was trained again
     for step, values in resumed.items():
@@ -104,3 +104,11 @@ def test_atomic_checkpoint_write_keeps_previous_file_on_failure(tmp_path, monkey
 def test_missing_ckpt_path_fails_fast(compose_cfg, dataset_overrides, tmp_path):
     with pytest.raises(FileNotFoundError, match="ckpt_path"):
         run(compose_cfg, tmp_path / "x", *dataset_overrides, f"ckpt_path={tmp_path / 'nope.ckpt'}")
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(compose_cfg, dataset_overrides, tmp_path):
+    # lr=0: the validation metric never improves after the first epoch; last.ckpt must still move on
+    out = run(compose_cfg, tmp_path / "flat", *dataset_overrides, "model.lr=0")
+    checkpoints = out / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
