@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 loaded.append((src, dst, open_rgb(src)))
             except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
                 failed += 1
-                bar.write(f"error: {src}: cannot read image ({err}); skipped")
+                tqdm.write(f"error: {src}: cannot read image ({err}); skipped", file=sys.stderr)
                 bar.update(1)
         by_size: dict[tuple[int, int], list[tuple[Path, Path, Image.Image]]] = {}
         for entry in loaded:
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, OSError, ValueError) as err:
                 failed += len(group)
                 names = ", ".join(str(src) for src, _, _ in group)
-                bar.write(f"error: {names}: {err}; skipped")
+                tqdm.write(f"error: {names}: {err}; skipped", file=sys.stderr)
             bar.update(len(group))
     bar.close()
     summary = f"{written} written, {skipped} skipped (already exist; --overwrite replaces), {failed} failed"
