@@ -332,7 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--direction", choices=("ab", "ba"), default="ab", help="for .ckpt inputs only")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (same size)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default=None, help="default: bf16 on GPU")
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=None,
+        help="default: bf16 on CUDA, fp16 on MPS, fp32 on CPU",
+    )
     parser.add_argument("--tile", type=int, default=None, help="tile images larger than this many pixels")
     parser.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default 128)")
     parser.add_argument(
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
         return fail(f"device {args.device!r} is not usable here ({err}); try --device cpu")
-    precision = args.precision or ("fp32" if device.type == "cpu" else "bf16")
+    precision = args.precision or {"cpu": "fp32", "mps": "fp16"}.get(device.type, "bf16")
     if device.type == "cpu" and precision != "fp32":
         return fail(f"--precision {precision} needs a GPU; use fp32 on the CPU")
     try:
