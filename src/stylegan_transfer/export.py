@@ -95,9 +95,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ExportError(f"{path} has format {found!r}, expected {FORMAT!r}")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ExportError(
-            f"{path} uses export format version {meta['format_version']}, newer than this package reads "
+            f"{path} uses export format version {version!r}, newer than this package reads "
             f"({FORMAT_VERSION}); upgrade stylegan-transfer."
         )
     if not isinstance(meta.get("arch"), str) or not isinstance(meta.get("kwargs"), dict):
