@@ -1,0 +1,282 @@
+"""Generator exports: checkpoint -> safetensors round trip, bad files, ONNX / torch.export parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from stylegan_transfer.export import (
+    ExportError,
+    PaddedGenerator,
+    export_checkpoint,
+    generator_from_checkpoint,
+    load_generator,
+    read_metadata,
+    save_generator,
+)
+from stylegan_transfer.module import CycleGANModule
+from stylegan_transfer.networks import build_generator
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}
+TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300
+    )
+
+
+@pytest.fixture
+def trained_ckpt(cyclegan_dir: Path, tmp_path: Path) -> tuple[Path, CycleGANModule]:
+    """A CycleGANModule trained for 2 steps on tiny images, saved as a Lightning checkpoint."""
+    from stylegan_transfer.data import UnpairedDataModule
+
+    module = CycleGANModule(generator=TINY_G, discriminator=TINY_D, pool_size=2)
+    datamodule = UnpairedDataModule(
+        root=str(cyclegan_dir), load_size=36, crop_size=32, num_workers=0, val_size=2
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        max_steps=2,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    trainer.save_checkpoint(path)
+    return path, module.eval()
+
+
+ROUND_TRIP = """
+import sys, torch
+from PIL import Image
+from safetensors.torch import save_file
+from stylegan_transfer.translate import image_to_tensor, load_generator, translate_tensor
+generator = load_generator(sys.argv[1])
+x = image_to_tensor(Image.open(sys.argv[2]))
+save_file({"y": translate_tensor(generator, x, device="cpu").contiguous()}, sys.argv[3])
+assert not any(m.split(".")[0] in ("lightning", "hydra", "wandb") for m in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_checkpoint_export_translate_in_fresh_process_equals_module_forward(trained_ckpt, tmp_path):
+    ckpt, module = trained_ckpt
+    out = tmp_path / "export"
+    result = run_module("stylegan_transfer.export", str(ckpt), "-o", str(out), "--style", "demo")
+    assert result.returncode == 0, result.stderr
+    meta = read_metadata(out / "g_ab.safetensors")
+    assert meta["arch"] == "resnet" and meta["kwargs"] == {"channels": 4, "n_blocks": 1}
+    assert meta["role"] == "g_ab" and meta["style"] == "demo" and meta["direction"] == "A -> B"
+    assert meta["package_version"] and meta["value_range"] == [-1.0, 1.0] and meta["size_multiple"] == 4
+    assert read_metadata(out / "g_ba.safetensors")["direction"] == "B -> A"
+
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(image_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ROUND_TRIP,
+            str(out / "g_ab.safetensors"),
+            str(image_path),
+            str(tmp_path / "y"),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    from stylegan_transfer.translate import image_to_tensor
+
+    with torch.no_grad():
+        expected = module.g_ab(image_to_tensor(Image.open(image_path)))  # (1, 3, 36, 40)
+    assert torch.equal(load_file(str(tmp_path / "y"))["y"], expected)
+
+    # The CLI writes the same pixels, and the ba generator is the module's g_ba.
+    result = run_module(
+        "stylegan_transfer.translate",
+        "--checkpoint", str(out / "g_ab.safetensors"),
+        "--input", str(image_path),
+        "--output", str(tmp_path / "cli"),
+        "--device", "cpu",
+        "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    from stylegan_transfer.translate import tensor_to_image
+
+    written = Image.open(tmp_path / "cli" / image_path.name)
+    assert list(written.getdata()) == list(tensor_to_image(expected).getdata())
+    g_ba = load_generator(out / "g_ba.safetensors")
+    for key, value in module.g_ba.state_dict().items():
+        assert torch.equal(g_ba.state_dict()[key], value), key
+
+
+def test_generator_from_checkpoint_without_lightning_matches_module(trained_ckpt):
+    ckpt, module = trained_ckpt
+    generator = generator_from_checkpoint(ckpt, role="g_ba")
+    x = torch.rand(2, 3, 20, 24) * 2 - 1  # (B, C, H, W)
+    with torch.no_grad():
+        assert torch.equal(generator(x), module.g_ba(x))
+
+
+def test_export_refuses_to_overwrite_and_reads_run_config(trained_ckpt, tmp_path):
+    ckpt, _ = trained_ckpt
+    hydra_dir = ckpt.parent.parent / ".hydra"
+    hydra_dir.mkdir()
+    (hydra_dir / "config.yaml").write_text(
+        "style: {name: demo, domain_a: photo, domain_b: painting}\ndata: {preprocess: crop, crop_size: 64}\n"
+    )
+    out = tmp_path / "exp"
+    export_checkpoint(ckpt, out, roles=("g_ab",), log=lambda _msg: None)
+    meta = read_metadata(out / "g_ab.safetensors")
+    assert meta["direction"] == "photo -> painting" and meta["style"] == "demo"
+    assert meta["preprocess"] == "crop" and meta["train_size"] == 64
+    assert not (out / "g_ba.safetensors").exists()
+    with pytest.raises(ExportError, match="overwrite"):
+        export_checkpoint(ckpt, out, roles=("g_ab",), log=lambda _msg: None)
+    export_checkpoint(ckpt, out, roles=("g_ab",), overwrite=True, log=lambda _msg: None)
+
+
+# ----------------------------------------------------------------------------- bad files
+@pytest.fixture
+def exported(tmp_path) -> Path:
+    generator = build_generator(**{"arch": "resnet", "channels": 4, "n_blocks": 1})
+    return save_generator(
+        generator, tmp_path / "g.safetensors", arch="resnet", kwargs={"channels": 4, "n_blocks": 1}
+    )
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_truncated_foreign_and_malicious_files_give_clear_errors(exported, tmp_path):
+    data = exported.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExportError, match=r"truncated|corrupt|not a readable"):
+        load_generator(truncated)
+    cut_header = tmp_path / "cut.safetensors"
+    cut_header.write_bytes(data[:20])
+    with pytest.raises(ExportError, match="not a readable"):
+        load_generator(cut_header)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(ExportError, match="not a readable"):
+        load_generator(garbage)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with pytest.raises(ExportError, match="not a stylegan-transfer generator"):
+        load_generator(plain)
+    with pytest.raises(ExportError, match="does not exist"):
+        load_generator(tmp_path / "missing.safetensors")
+
+    # A pickle that would run a command: never unpickled, as an export nor as a checkpoint.
+    marker = tmp_path / "pwned"
+    _Exploit.marker = marker
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": _Exploit()}))
+    with pytest.raises(ExportError):
+        load_generator(evil)
+    with pytest.raises(ExportError, match="not a readable Lightning checkpoint"):
+        generator_from_checkpoint(evil)
+    torch.save({"state_dict": _Exploit()}, evil)
+    with pytest.raises(ExportError, match="not a readable Lightning checkpoint"):
+        generator_from_checkpoint(evil)
+    assert not marker.exists()
+
+
+def _with_metadata(exported: Path, tmp_path: Path, **changes) -> Path:
+    meta = {**read_metadata(exported), **changes}
+    path = tmp_path / "edited.safetensors"
+    save_file(load_file(str(exported)), str(path), metadata={"stylegan_transfer": json.dumps(meta)})
+    return path
+
+
+def test_metadata_is_validated_against_the_registry(exported, tmp_path):
+    with pytest.raises(ExportError, match="unknown generator arch"):
+        load_generator(_with_metadata(exported, tmp_path, arch="os.system"))
+    with pytest.raises(ExportError, match="plain values"):
+        load_generator(_with_metadata(exported, tmp_path, kwargs={"channels": {"_target_": "os.system"}}))
+    with pytest.raises(ExportError, match="do not fit"):
+        load_generator(_with_metadata(exported, tmp_path, kwargs={"channels": 4, "bogus": 1}))
+    with pytest.raises(ExportError, match="do not match"):
+        load_generator(_with_metadata(exported, tmp_path, kwargs={"channels": 8, "n_blocks": 1}))
+    with pytest.raises(ExportError, match="format"):
+        load_generator(_with_metadata(exported, tmp_path, format="something-else"))
+    with pytest.raises(ExportError, match="newer"):
+        load_generator(_with_metadata(exported, tmp_path, format_version=99))
+
+
+def test_export_cli_reports_bad_checkpoint_without_traceback(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    result = run_module("stylegan_transfer.export", str(bad), "-o", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "bad.ckpt" in result.stderr and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- ONNX / torch.export
+def _eager(generator, x):
+    with torch.no_grad():
+        return PaddedGenerator(generator, 4)(x)
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_eager_on_odd_sizes(trained_ckpt, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    ckpt, module = trained_ckpt
+    written = export_checkpoint(ckpt, tmp_path / "o", roles=("g_ab",), onnx=True, log=lambda _m: None)
+    assert tmp_path / "o" / "g_ab.onnx" in written
+    session = ort.InferenceSession(str(tmp_path / "o" / "g_ab.onnx"), providers=["CPUExecutionProvider"])
+    for shape in ((1, 3, 19, 23), (3, 3, 33, 17), (2, 3, 40, 64)):
+        x = torch.rand(shape) * 2 - 1
+        y = session.run(None, {"image": x.numpy()})[0]
+        assert y.shape == shape
+        assert abs(torch.from_numpy(y) - _eager(module.g_ab, x)).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_torch_export_matches_eager_on_odd_sizes_and_fails_loudly(trained_ckpt, tmp_path):
+    from stylegan_transfer import exporters
+
+    ckpt, module = trained_ckpt
+    export_checkpoint(ckpt, tmp_path / "o", roles=("g_ab",), pt2=True, log=lambda _m: None)
+    program = torch.export.load(str(tmp_path / "o" / "g_ab.pt2")).module()
+    for shape in ((1, 3, 19, 23), (3, 3, 33, 17), (2, 3, 40, 64)):
+        x = torch.rand(shape) * 2 - 1
+        y = program(x)
+        assert y.shape == shape
+        assert (y - _eager(module.g_ab, x)).abs().max() < 1e-4
+    # A tolerance that cannot be met: the export fails and leaves no file behind.
+    with pytest.raises(exporters.ParityError, match="differs"):
+        exporters.export_pt2(module.g_ab, tmp_path / "strict.pt2", atol=-1.0, check_sizes=((1, 17, 19),))
+    assert not list(tmp_path.glob("strict*"))
