@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from stylegan_transfer.images import load_rgb
 from stylegan_transfer.translate import (
     TileOptions,
     image_to_tensor,
     load,
-    open_rgb,
     tensor_to_image,
     translate_tensor,
 )
@@ -41,7 +41,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     generator = load(args.generator)
-    photo = open_rgb(args.photo)
+    photo = load_rgb(args.photo)
     photo = photo.resize((args.width, round(photo.height * args.width / photo.width)), Image.BICUBIC)
     x = image_to_tensor(photo)  # (1, 3, H, W)
     full = translate_tensor(generator, x, device="cpu")

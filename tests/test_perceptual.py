@@ -24,7 +24,11 @@ def test_layer_names_match_torchvision_vgg19_indices():
 def test_local_weights_file_full_model_or_features(tmp_path):
     features = vgg_features_module("vgg19")
     whole = tmp_path / "vgg19_full.pth"
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()} | {"classifier.0.weight": torch.zeros(1)}, whole)
+    torch.save(
+        {f"features.{k}": v for k, v in features.state_dict().items()}
+        | {"classifier.0.weight": torch.zeros(1)},
+        whole,
+    )
     only = tmp_path / "vgg19_features.pth"
     torch.save(features.state_dict(), only)
     for path in (whole, only):

@@ -106,7 +106,9 @@ def test_missing_ckpt_path_fails_fast(compose_cfg, dataset_overrides, tmp_path):
         run(compose_cfg, tmp_path / "x", *dataset_overrides, f"ckpt_path={tmp_path / 'nope.ckpt'}")
 
 
-def test_last_checkpoint_follows_every_epoch_even_without_improvement(compose_cfg, dataset_overrides, tmp_path):
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(
+    compose_cfg, dataset_overrides, tmp_path
+):
     # lr=0: the validation metric never improves after the first epoch; last.ckpt must still move on
     out = run(compose_cfg, tmp_path / "flat", *dataset_overrides, "model.lr=0")
     checkpoints = out / "checkpoints"

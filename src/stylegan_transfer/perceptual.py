@@ -178,7 +178,9 @@ def load_vgg_features(arch: str = "vgg19", *, weights_path: str | Path | None = 
     enum = {"vgg16": VGG16_Weights.IMAGENET1K_V1, "vgg19": VGG19_Weights.IMAGENET1K_V1}[arch]
     try:
         # torch hub cache ($TORCH_HOME/hub/checkpoints); the hash in the file name is verified
-        state = torch.hub.load_state_dict_from_url(enum.url, progress=True, check_hash=True, map_location="cpu")
+        state = torch.hub.load_state_dict_from_url(
+            enum.url, progress=True, check_hash=True, map_location="cpu"
+        )
     except Exception as err:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
         raise VGGWeightsError(

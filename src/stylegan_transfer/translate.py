@@ -24,32 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from stylegan_transfer.export import ExportError, PaddedGenerator, generator_from_checkpoint, load_generator
+from stylegan_transfer.images import load_rgb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- images <-> tensors
-def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB with its EXIF orientation applied (alpha composited on white)."""
-    with Image.open(path) as image:
-        image.load()  # decode now so a truncated file fails here, naming the file
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            array = np.asarray(image, dtype=np.float64)
-            top = 1.0 if image.mode == "F" else (65535.0 if array.max() > 255 else 255.0)
-            image = Image.fromarray(np.clip(array * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), mode="L")
-        if image.mode in ("P", "RGBA", "LA", "PA"):
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image)
-        return image.convert("RGB")
-
-
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB -> (1, 3, H, W) float32 in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -404,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded: list[tuple[Path, Path, Image.Image]] = []
         for src, dst in chunk:
             try:
-                loaded.append((src, dst, open_rgb(src)))
+                loaded.append((src, dst, load_rgb(src)))
             except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
                 failed += 1
                 tqdm.write(f"error: {src}: cannot read image ({err}); skipped", file=sys.stderr)
