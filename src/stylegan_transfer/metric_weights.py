@@ -91,6 +91,7 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, source: str) -> P
         save_file(
             {k: v.detach().float().contiguous() for k, v in tensors.items()}, str(tmp), {"source": source}
         )
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

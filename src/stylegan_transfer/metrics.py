@@ -317,6 +317,15 @@ class LPIPS(nn.Module):
         return total  # (B,)
 
 
+@torch.no_grad()
+def run_generator(generator: nn.Module, images: torch.Tensor, *, multiple: int = 4) -> torch.Tensor:
+    """Translate (B, 3, H, W) images in [-1, 1]: reflect-pad H and W to a multiple of `multiple`, crop back."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    x = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else images
+    return generator(x)[..., :height, :width].clamp(-1, 1)  # (B, 3, H, W)
+
+
 def summarize(values: Sequence[float]) -> tuple[float, float]:
     """Mean and population std of a list of per-image values."""
     array = np.asarray(values, dtype=np.float64)
