@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_images
 from safetensors.torch import save_file
-from test_metrics import randomize_
 
+from conftest import write_images
 from stylegan_transfer import evaluate, metrics
 from stylegan_transfer.export import save_generator
 from stylegan_transfer.networks import build_generator
 from stylegan_transfer.training import train
+from test_metrics import randomize_
 
 TINY_G = {"channels": 4, "n_blocks": 1}
 
@@ -43,7 +43,16 @@ def test_folders_writes_table_and_json(weights_cache, tmp_path, capsys):
     write_images(real, 4, seed=1, tint=(200, 0, 0))
     write_images(tmp_path / "fake", 4, seed=2, tint=(0, 0, 200))
     out = tmp_path / "out" / "scores.json"
-    argv = ["folders", str(real), str(tmp_path / "fake"), "--json", str(out), "--offline", "--kid-subsets", "5"]
+    argv = [
+        "folders",
+        str(real),
+        str(tmp_path / "fake"),
+        "--json",
+        str(out),
+        "--offline",
+        "--kid-subsets",
+        "5",
+    ]
     assert evaluate.main(argv) == 0
     printed = capsys.readouterr().out
     assert "FID" in printed and "KID" in printed
@@ -67,7 +76,17 @@ def test_model_export_on_test_split(weights_cache, cyclegan_dir, tmp_path):
     generator = build_generator("resnet", **TINY_G)
     export = save_generator(generator, tmp_path / "g_ab.safetensors", arch="resnet", kwargs=TINY_G)
     out, saved = tmp_path / "model.json", tmp_path / "translated"
-    argv = ["model", "--generator", str(export), "--data", str(cyclegan_dir), "--size", "32", "--lpips", "alex"]
+    argv = [
+        "model",
+        "--generator",
+        str(export),
+        "--data",
+        str(cyclegan_dir),
+        "--size",
+        "32",
+        "--lpips",
+        "alex",
+    ]
     argv += ["--offline", "--kid-subsets", "3", "--json", str(out), "--save-dir", str(saved)]
     assert evaluate.main(argv) == 0
     result = json.loads(out.read_text())
@@ -101,7 +120,9 @@ def test_training_logs_val_kid_keeps_and_exports_best_and_cli_reads_checkpoint(
     from stylegan_transfer.export import read_metadata
 
     meta = read_metadata(exported)
-    assert meta["selected_by"] == "val/kid" and meta["score"] == pytest.approx(float(result["val/kid"]), abs=1e9)
+    assert meta["selected_by"] == "val/kid" and meta["score"] == pytest.approx(
+        float(result["val/kid"]), abs=1e9
+    )
     out = tmp_path / "ckpt.json"
     argv = ["model", "--checkpoint", str(best[0]), "--data", str(cyclegan_dir), "--size", "32"]
     argv += ["--lpips", "alex", "--offline", "--kid-subsets", "3", "--json", str(out)]

