@@ -202,7 +202,11 @@ def load_fid_inception(
                 download = cache_dir() / Path(url).name
                 if not download.is_file():
                     _download(url, download)
-                import_fid_weights(download)
+                try:
+                    import_fid_weights(download)
+                except MetricWeightsError:
+                    download.unlink(missing_ok=True)  # a bad download must not block the next attempt
+                    raise
         except MetricWeightsError:
             raise
         except Exception as err:  # network errors of any kind
