@@ -120,3 +120,37 @@ def test_optuna_two_trials(tmp_path):
     assert (sweep / "optimization_results.yaml").is_file()
     table = (sweep / "sweep_report.md").read_text()
     assert f"| 1 | {jobs[0].number} | ok |" in table and f"| 2 | {jobs[1].number} | ok |" in table
+
+
+def test_wandb_artifacts_hold_the_exported_generators_and_samples(tmp_path, monkeypatch):
+    import wandb
+
+    from stylegan_transfer.training import _log_wandb_artifacts
+
+    exported = []
+    for name in ("g_ab", "g_ba"):
+        path = tmp_path / "export" / f"{name}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"weights")
+        exported.append(path)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    Image.new("RGB", (8, 8)).save(samples / "latest.png")
+
+    logged = []
+
+    class FakeRun:
+        id = "abc123"
+
+        def log_artifact(self, artifact, aliases=None):
+            logged.append(artifact)
+
+    class FakeLogger:
+        experiment = FakeRun()
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    _log_wandb_artifacts(FakeLogger(), exported, samples)
+    assert [a.type for a in logged] == ["model", "samples"]
+    assert isinstance(logged[0], wandb.Artifact) and logged[0].name == "generators-abc123"
+    assert set(logged[0].manifest.entries) == {"g_ab.safetensors", "g_ba.safetensors"}
+    assert set(logged[1].manifest.entries) == {"latest.png"}
