@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -18,6 +22,33 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 TINY = ["debug=tiny"]  # configs/debug/tiny.yaml: 32px images, narrow networks, 2 short epochs, no logger
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A CPU Trainer that logs, checkpoints, prints and validates nothing unless asked (kwargs override)."""
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def run_train_py(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` in the repo root, W&B offline, one thread per process."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_images(

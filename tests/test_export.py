@@ -9,13 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from conftest import quiet_trainer
 from stylegan_transfer.export import (
     ExportError,
     PaddedGenerator,
@@ -52,18 +52,7 @@ def trained_ckpt(cyclegan_dir: Path, tmp_path: Path) -> tuple[Path, CycleGANModu
     datamodule = UnpairedDataModule(
         root=str(cyclegan_dir), load_size=36, crop_size=32, num_workers=0, val_size=2
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        max_steps=2,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True)

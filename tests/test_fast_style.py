@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 
 import stylegan_transfer.perceptual as perceptual
-from conftest import write_images
+from conftest import quiet_trainer, write_images
 from stylegan_transfer.export import load_generator, read_metadata
 from stylegan_transfer.fast_style import FastStyleModule
 from stylegan_transfer.networks import GENERATORS, JohnsonGenerator, build_generator
@@ -115,16 +114,7 @@ def test_trainer_fit_with_injected_vgg(tmp_path):
     data = UnpairedDataModule(
         dir_a=str(tmp_path / "a"), dir_b=str(tmp_path / "b"), load_size=36, crop_size=32, num_workers=0
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     assert any(not torch.equal(before[k], v) for k, v in module.g_ab.state_dict().items())
     assert torch.isfinite(trainer.callback_metrics["train/loss"])

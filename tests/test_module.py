@@ -1,10 +1,10 @@
 import copy
 import itertools
 
-import lightning as L
 import pytest
 import torch
 
+from conftest import quiet_trainer
 from stylegan_transfer.data import UnpairedDataModule
 from stylegan_transfer.module import CycleGANModule, linear_decay_factor
 from stylegan_transfer.perceptual import VGGFeatures, vgg_features_module
@@ -22,17 +22,7 @@ def tiny_datamodule(root) -> UnpairedDataModule:
 
 
 def fit(module, datamodule, tmp_path, **trainer_kwargs):
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        **trainer_kwargs,
-    )
+    trainer = quiet_trainer(default_root_dir=tmp_path, **trainer_kwargs)
     trainer.fit(module, datamodule=datamodule)
     return trainer
 

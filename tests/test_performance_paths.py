@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from conftest import quiet_trainer
 from stylegan_transfer.module import CycleGANModule, batch_lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,17 +54,9 @@ def run_losses(
     module: CycleGANModule, *, steps: int = 4, precision: str = "32-true"
 ) -> list[tuple[float, float]]:
     recorder = LossRecorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        precision=precision,
-        max_steps=2 * steps,  # two optimiser steps per batch
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(
+        precision=precision, max_steps=2 * steps, callbacks=[recorder], limit_val_batches=0
+    )  # max_steps: two optimiser steps per batch
     trainer.fit(module, train_dataloaders=fixed_batches(steps))
     return recorder.losses
 
@@ -184,16 +177,7 @@ def test_training_step_reads_nothing_back_to_the_host(monkeypatch):
         (Syncing(generator=TINY_G, discriminator=TINY_D), True),
     ):
         calls.clear()
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_steps=6,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            log_every_n_steps=50,
-        )
+        trainer = quiet_trainer(max_steps=6, limit_val_batches=0, log_every_n_steps=50)
         trainer.fit(module, train_dataloaders=fixed_batches(3))
         assert trainer.global_step == 6  # 3 batches, two optimisers each
         assert bool(calls) == expect_calls, calls

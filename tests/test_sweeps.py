@@ -2,14 +2,13 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
+from conftest import run_train_py
 from stylegan_transfer.sweeps import read_results, report, swept_keys, write_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,26 +69,10 @@ def test_wandb_sweep_spec_parameters_are_valid_overrides(compose_cfg):
     assert spec["metric"]["name"] == cfg.optimized_metric
 
 
-def train_py(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "WANDB_MODE": "offline",
-            "OMP_NUM_THREADS": "1",
-            "HOME": str(Path.home()),
-        },
-    )
-
-
 @pytest.mark.slow
 def test_multirun_with_a_failing_job_reports_it_and_completes_the_other(tmp_path):
     sweep = tmp_path / "sweep"
-    result = train_py("-m", "debug=tiny", "model.gan_mode=lsgan,bogus", f"hydra.sweep.dir={sweep}")
+    result = run_train_py("-m", "debug=tiny", "model.gan_mode=lsgan,bogus", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr[-3000:]
     ok = json.loads((sweep / "0_debug=tiny,model.gan_mode=lsgan" / "result.json").read_text())
     failed = json.loads((sweep / "1_debug=tiny,model.gan_mode=bogus" / "result.json").read_text())
@@ -105,7 +88,7 @@ def test_multirun_with_a_failing_job_reports_it_and_completes_the_other(tmp_path
 def test_optuna_two_trials(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra [sweep]")
     sweep = tmp_path / "optuna"
-    result = train_py(
+    result = run_train_py(
         "-m",
         "hparams_search=cyclegan_optuna",
         "debug=tiny",

@@ -1,31 +1,16 @@
 """End to end through the real entry point: `python train.py ...` in a subprocess (marked slow)."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, run_train_py
 from stylegan_transfer.export import load_generator
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def train_py(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def check_run_folder(run: Path) -> None:
@@ -40,7 +25,7 @@ def check_run_folder(run: Path) -> None:
 
 def test_train_py_demo_end_to_end_with_offline_wandb(tmp_path):
     run = tmp_path / "run"
-    result = train_py(*TINY, f"hydra.run.dir={run}", "logger=wandb")
+    result = run_train_py(*TINY, f"hydra.run.dir={run}", "logger=wandb")
     assert result.returncode == 0, result.stderr[-3000:]
     check_run_folder(run)
     assert list((run / "wandb").glob("offline-run-*")), "W&B must log offline without credentials"
@@ -49,7 +34,7 @@ def test_train_py_demo_end_to_end_with_offline_wandb(tmp_path):
 
 
 def test_missing_dataset_fails_fast_naming_the_folder(tmp_path):
-    result = train_py(
+    result = run_train_py(
         "style=vangogh",
         f"paths.data_dir={tmp_path / 'nowhere'}",
         f"hydra.run.dir={tmp_path / 'run'}",
@@ -64,14 +49,14 @@ def test_missing_dataset_fails_fast_naming_the_folder(tmp_path):
 
 
 def test_unknown_style_lists_the_choices(tmp_path):
-    result = train_py("style=nosuchstyle", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    result = run_train_py("style=nosuchstyle", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
     assert result.returncode != 0
     assert "nosuchstyle" in result.stderr and "vangogh" in result.stderr
 
 
 def test_multirun_two_jobs_two_run_folders(tmp_path):
     sweep = tmp_path / "sweep"
-    result = train_py("-m", *TINY, "model.lambda_cycle=5,10", f"hydra.sweep.dir={sweep}")
+    result = run_train_py("-m", *TINY, "model.lambda_cycle=5,10", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in runs] == [
@@ -84,7 +69,7 @@ def test_multirun_two_jobs_two_run_folders(tmp_path):
 
 def test_ddp_two_cpu_processes_gloo(tmp_path):
     run = tmp_path / "ddp"
-    result = train_py(
+    result = run_train_py(
         *TINY,
         "trainer=ddp",
         "perf=none",  # the GPU speed preset (batch 8, compile) is not what this CPU DDP test checks
