@@ -9,7 +9,6 @@ from PIL import Image
 from conftest import TINY, run_train_py
 from stylegan_transfer.export import load_generator
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 

@@ -103,6 +103,20 @@ def test_cli_skips_existing_unless_overwrite(export_path, photos, tmp_path, caps
     assert Image.open(out / "b.png").size == (24, 20)
 
 
+def test_cli_refuses_two_inputs_that_would_share_an_output(export_path, photos, tmp_path, capsys):
+    smooth_image(24, 20, seed=9).save(photos / "sub" / "b.png")  # same name as photos/b.png
+    out = tmp_path / "out"
+    code = cli(
+        export_path, "--input", str(photos / "b.png"), str(photos / "sub" / "b.png"), "--output", str(out)
+    )
+    assert code == 2 and not out.exists()  # nothing written, nothing overwritten
+    assert "would both be written to" in capsys.readouterr().err
+    # the same file named twice (a file and a glob matching it) is simply translated once
+    assert cli(export_path, "--input", str(photos / "b.png"), str(photos / "b.*"), "--output", str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]
+    assert "1 written" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_files_and_continues(export_path, photos, tmp_path, capsys):
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     data = (photos / "a.jpg").read_bytes()

@@ -370,9 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.tile is not None:
         tile = TileOptions(tile=args.tile, overlap=args.overlap, consistent=not args.naive_tiles)
 
-    todo, skipped, failed, written = [], 0, 0, 0
+    planned: dict[Path, Path] = {}  # output -> input; the same file named twice is translated once
     for src, relative in jobs:
         dst = _output_path(args.output, relative, args.format)
+        other = planned.setdefault(dst, src)
+        if other.resolve() != src.resolve():
+            return fail(
+                f"{other} and {src} would both be written to {dst}; translate them in separate runs "
+                "(different --output folders) or give their common parent folder with --recursive"
+            )
+    todo, skipped, failed, written = [], 0, 0, 0
+    for dst, src in planned.items():
         if dst.exists() and not args.overwrite:
             skipped += 1
         else:
