@@ -11,6 +11,7 @@ import logging
 import netrc
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from stylegan_transfer.export import save_generator
 from stylegan_transfer.perceptual import VGGWeightsError
 
 log = logging.getLogger(__name__)
+# Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 ASSETS = Path(__file__).resolve().parent / "assets"
 USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError)  # reported as one clear line, exit code 2
 
