@@ -17,7 +17,8 @@ from pathlib import Path
 from PIL import Image
 
 SIZE = 128
-CC_LICENSED = re.compile(r"bwerner|myrabella|dmottl|mfield|sfiera|striker|harro|iridium|spfld")
+# Not public domain in the package's copyright file (CC-BY-SA): left out so the whole demo set is free to ship.
+CC_LICENSED = re.compile(r"bwerner|myrabella|dmottl|mfield|sfiera|striker|harro|iridium|spfld|^lava5")
 PAINTERS = re.compile(r"vangogh|Van_Gogh|Renoir|Cassatt|Bazille")
 N_TRAIN_PHOTOS, N_TEST = 64, 6
 
@@ -66,8 +67,39 @@ def main() -> None:
             image.crop((w // 4, h // 4, w // 4 + min(w, h) // 2, h // 4 + min(w, h) // 2)),
             args.out / split / f"{path.stem}_zoom.jpg",
         )
+    write_attribution(args.out)
     for split in ("trainA", "trainB", "testA", "testB"):
         print(split, len(list((args.out / split).glob("*.jpg"))))
+
+
+def write_attribution(out: Path) -> None:
+    lines = [
+        "# Attribution of the embedded demo images",
+        "",
+        "Every image here is a 128x128 JPEG derived (square crop, downscale) from a Debian package.",
+        "",
+        "## trainA/ testA/ - landscape photographs (domain A)",
+        "",
+        "Source: Debian package `endless-sky-data` 0.9.8, `images/land/<same name>.jpg`. Licence: public domain",
+        "(the package's copyright file: `images/land/*` taken from morguefile.com and unsplash.com, photographs",
+        "donated and placed in the public domain; the USGS and NASA ones are public-domain government works).",
+        "Files the copyright file lists under CC-BY-SA (bwerner*, myrabella*, dmottl*, mfield*, *-sfiera*,",
+        "*-striker*, *-harro*, *-iridium*, *-spfld*, lava5*) are not included.",
+        "",
+        "## trainB/ testB/ - paintings (domain B)",
+        "",
+        "Source: Debian package `gcompris-qt-data` 3.1 (`paintings` activity; WebMuseum reproductions). The works",
+        "are in the public domain (the painters died more than 70 years ago); the package lists the reproductions",
+        "as GPL-3+. File names say the painter and work; `_0`, `_1`, `_2` are left, centre and right squares,",
+        "`_zoom` the central quarter.",
+        "",
+        "| file | painter / work |",
+        "|---|---|",
+    ]
+    for path in sorted((out / "trainB").glob("*.jpg")) + sorted((out / "testB").glob("*.jpg")):
+        stem = re.sub(r"_(0|1|2|zoom)$", "", path.stem).removeprefix("gcompris_")
+        lines.append(f"| `{path.parent.name}/{path.name}` | {stem.replace('_', ' ')} |")
+    (out / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
