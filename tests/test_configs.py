@@ -70,3 +70,18 @@ def test_paper_defaults_without_the_demo(compose_cfg):
     assert cfg.model.generator.n_blocks == 9 and cfg.model.generator.channels == 64
     assert cfg.model.lr == 2e-4 and cfg.model.beta1 == 0.5
     assert cfg.trainer.max_epochs == 200
+
+
+def test_demo_data_ships_with_its_attribution():
+    from stylegan_transfer.training import ASSETS
+
+    demo = ASSETS / "demo"
+    attribution = (demo / "ATTRIBUTION.md").read_text()
+    for split in ("trainA", "trainB", "testA", "testB"):
+        files = sorted((demo / split).glob("*.jpg"))
+        assert files, split
+        if split.endswith("B"):  # every painting crop is listed by name
+            assert all(f"{split}/{f.name}" in attribution for f in files)
+    assert "public domain" in attribution
+    total = sum(f.stat().st_size for f in demo.rglob("*") if f.is_file())
+    assert total < 3_000_000  # a few MB at most
