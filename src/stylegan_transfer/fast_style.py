@@ -126,7 +126,9 @@ class FastStyleModule(L.LightningModule):
         self.log_dict(
             {f"train/{k}": v for k, v in terms.items()}, on_step=True, batch_size=batch["a"].shape[0]
         )
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log(
+            "train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True
+        )
         return terms["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -284,7 +284,7 @@ class CycleGANModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Logged once per epoch: a Python float logged every step would be copied to the GPU every step.
         opt_g = self.optimizers()[0]
-        self.log("train/lr", opt_g.param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("train/lr", opt_g.param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
         for scheduler in self.lr_schedulers():
             scheduler.step()
 
