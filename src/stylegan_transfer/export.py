@@ -244,9 +244,13 @@ def export_checkpoint(
     pt2: bool = False,
     atol: float = 1e-4,
     overwrite: bool = False,
+    extra: dict[str, Any] | None = None,
     log=print,
 ) -> list[Path]:
-    """Export the chosen generators of a Lightning checkpoint as safetensors (+ optional ONNX / .pt2)."""
+    """Export the chosen generators of a Lightning checkpoint as safetensors (+ optional ONNX / .pt2).
+
+    `extra` adds plain values to every file's metadata (e.g. how the checkpoint was selected).
+    """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     arch, kwargs, states, info = generators_from_checkpoint(checkpoint)
     found = _run_config(checkpoint)
@@ -274,6 +278,7 @@ def export_checkpoint(
             "source_checkpoint": checkpoint.name,
             **info,
             **{k: found[k] for k in ("preprocess", "train_size") if k in found},
+            **(extra or {}),
         }
         written.append(
             save_generator(

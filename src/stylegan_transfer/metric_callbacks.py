@@ -21,9 +21,8 @@ from PIL import Image
 
 from stylegan_transfer import metrics
 from stylegan_transfer.data import list_images, load_rgb, resolve_folders, to_tensor
-from stylegan_transfer.export import save_generator
+from stylegan_transfer.export import ROLES, export_checkpoint
 from stylegan_transfer.metric_weights import load_inception_features
-from stylegan_transfer.networks import build_generator
 
 log = logging.getLogger(__name__)
 
@@ -158,27 +157,15 @@ class ExportBestGenerators(L.Callback):
         if best is None:
             log.warning("no checkpoint monitored %s was saved; nothing to export as best", self.monitor)
             return
-        checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
         score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
-        extra = {
-            "selected_by": self.monitor,
-            "score": score,
-            "epoch": int(checkpoint.get("epoch", -1)),
-            "checkpoint": str(best.best_model_path),
-        }
-        for role, direction in (("g_ab", "A -> B"), ("g_ba", "B -> A")):
-            prefix = f"{role}."
-            state = {
-                k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
-            }
-            generator = build_generator(pl_module.generator_arch, **pl_module.generator_kwargs)
-            generator.load_state_dict(state)
-            path = save_generator(
-                generator,
-                self.dirpath / f"{role}.safetensors",
-                arch=pl_module.generator_arch,
-                kwargs=pl_module.generator_kwargs,
-                direction=direction,
-                extra={**extra, "role": role},
-            )
+        roles = tuple(role for role in ROLES if getattr(pl_module, role, None) is not None)
+        paths = export_checkpoint(
+            best.best_model_path,
+            self.dirpath,
+            roles=roles,
+            overwrite=True,
+            extra={"selected_by": self.monitor, "score": score, "checkpoint": str(best.best_model_path)},
+            log=lambda message: None,
+        )
+        for path in paths:
             log.info("exported best generator by %s=%.5f to %s", self.monitor, score, path)
