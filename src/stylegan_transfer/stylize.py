@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 
 from stylegan_transfer import losses
-from stylegan_transfer.data import load_rgb, to_image, to_tensor
+from stylegan_transfer.images import load_rgb, to_image, to_tensor
 from stylegan_transfer.perceptual import VGGFeatures, VGGWeightsError, load_vgg_features
 
 ColorMode = Literal["none", "luminance", "histogram"]
