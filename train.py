@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from stylegan_transfer.training import run_job
+from stylegan_transfer.training.run import quiet_known_warnings, register_resolvers, run_job
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -12,4 +12,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
+    register_resolvers()
     main()

@@ -18,12 +18,12 @@ from types import SimpleNamespace
 
 import torch
 
-from stylegan_transfer import metrics
-from stylegan_transfer.data import list_images
-from stylegan_transfer.metric_callbacks import KIDEvaluation
-from stylegan_transfer.metric_weights import MetricWeightsError, load_fid_inception
+from stylegan_transfer.images import list_images
+from stylegan_transfer.metrics import scores as metrics
+from stylegan_transfer.metrics.weights import MetricWeightsError, load_fid_inception
 from stylegan_transfer.networks import build_generator
-from stylegan_transfer.training import ASSETS
+from stylegan_transfer.training.callbacks import KIDEvaluation
+from stylegan_transfer.training.run import ASSETS
 
 
 def main() -> None:

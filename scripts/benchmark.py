@@ -32,8 +32,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from stylegan_transfer.module import CycleGANModule
 from stylegan_transfer.networks import build_generator, init_weights
+from stylegan_transfer.training.cyclegan import CycleGANModule
 
 
 def sync(device: torch.device) -> None:
@@ -247,7 +247,7 @@ def int8_experiment(size: int, args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from stylegan_transfer.data import list_images, load_rgb, to_tensor
+    from stylegan_transfer.images import list_images, load_rgb, to_tensor
 
     photos = list_images(Path(__file__).resolve().parents[1] / "src/stylegan_transfer/assets/demo/testA")
     images = [
@@ -255,7 +255,7 @@ def int8_experiment(size: int, args: argparse.Namespace) -> dict[str, Any]:
     ]  # (1, 3, H, W)
     torch.manual_seed(0)
     if args.weights:
-        from stylegan_transfer.export import load_generator
+        from stylegan_transfer.inference.generator_file import load_generator
 
         net = load_generator(args.weights).eval()
     else:
@@ -297,7 +297,7 @@ def int8_experiment(size: int, args: argparse.Namespace) -> dict[str, Any]:
     psnr = 10 * np.log10(4.0 / mse) if mse > 0 else float("inf")  # range [-1, 1]: peak-to-peak 2
     lpips = None
     try:  # LPIPS (AlexNet) from the metrics modules when they and their cached weights are present
-        from stylegan_transfer.metric_weights import load_lpips  # type: ignore[import-not-found]
+        from stylegan_transfer.metrics.weights import load_lpips  # type: ignore[import-not-found]
 
         lpips = float(load_lpips("alex", lin_url=None)(torch.from_numpy(ref), torch.from_numpy(got)).mean())
     except Exception as error:  # any failure means "not measured", and is reported as such

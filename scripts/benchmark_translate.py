@@ -49,7 +49,8 @@ class _Stop(Exception):
 def child_memory(size: str, tile: int, overlap: int, threads: int, max_tiles: int) -> dict:
     import torch
 
-    from stylegan_transfer.translate import TileOptions, translate
+    from stylegan_transfer.inference.tiling import TileOptions
+    from stylegan_transfer.inference.translate import translate
 
     torch.set_num_threads(threads)
     width, height = (int(v) for v in size.split("x"))
@@ -93,11 +94,13 @@ def child_memory(size: str, tile: int, overlap: int, threads: int, max_tiles: in
 def child_difference(side: int, tile: int, overlap: int, threads: int) -> dict:
     import torch
 
-    from stylegan_transfer.translate import TileOptions, image_to_tensor, translate_tensor
+    from stylegan_transfer.images import to_tensor
+    from stylegan_transfer.inference.tiling import TileOptions
+    from stylegan_transfer.inference.translate import translate_tensor
 
     torch.set_num_threads(threads)
     generator = _generator()
-    x = image_to_tensor(_photo_like(side, side))  # (1, 3, side, side)
+    x = to_tensor(_photo_like(side, side)).unsqueeze(0)  # (1, 3, side, side)
     start = time.perf_counter()
     full = translate_tensor(generator, x, device="cpu")
     untiled_s = time.perf_counter() - start

@@ -15,14 +15,9 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from stylegan_transfer.images import load_rgb
-from stylegan_transfer.translate import (
-    TileOptions,
-    image_to_tensor,
-    load,
-    tensor_to_image,
-    translate_tensor,
-)
+from stylegan_transfer.images import load_rgb, to_image, to_tensor
+from stylegan_transfer.inference.tiling import TileOptions
+from stylegan_transfer.inference.translate import load, translate_tensor
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -43,7 +38,7 @@ def main() -> None:
     generator = load(args.generator)
     photo = load_rgb(args.photo)
     photo = photo.resize((args.width, round(photo.height * args.width / photo.width)), Image.BICUBIC)
-    x = image_to_tensor(photo)  # (1, 3, H, W)
+    x = to_tensor(photo).unsqueeze(0)  # (1, 3, H, W)
     full = translate_tensor(generator, x, device="cpu")
     results = {"untiled": full}
     for name, consistent in (("naive", False), ("consistent", True)):
@@ -55,14 +50,14 @@ def main() -> None:
 
     labels = [
         ("photo", photo),
-        ("untiled output", tensor_to_image(full)),
+        ("untiled output", to_image(full)),
         (
             f"naive {args.tile}px tiles (mean err {errors['naive'].mean():.1f}/255)",
-            tensor_to_image(results["naive"]),
+            to_image(results["naive"]),
         ),
         (
             f"fixed-statistics tiles (mean err {errors['consistent'].mean():.1f}/255)",
-            tensor_to_image(results["consistent"]),
+            to_image(results["consistent"]),
         ),
     ]
     w, h, bar = photo.width, photo.height, 18

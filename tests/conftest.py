@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from stylegan_transfer.training import register_resolvers
+from stylegan_transfer.training.run import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -17,17 +17,14 @@ import torch
 from PIL import Image
 
 from conftest import write_images
-from stylegan_transfer.data import (
+from stylegan_transfer.datasets import DataError
+from stylegan_transfer.images import list_images, load_rgb, probe_image, scan_images, to_image
+from stylegan_transfer.training.data import (
     Augment,
-    DataError,
     PairedEvalDataset,
     UnpairedDataModule,
     UnpairedDataset,
     UnpairedSampler,
-    list_images,
-    load_rgb,
-    probe_image,
-    scan_images,
 )
 
 # ---------------------------------------------------------------- generated bad and unusual files
@@ -296,7 +293,7 @@ def test_eval_dataset_replaces_a_file_that_fails_to_decode(tmp_path):
 
 
 def _augment(image: Image.Image, seed: int = 0, **kwargs) -> Image.Image:
-    return Augment(**kwargs)(image, np.random.default_rng(seed))
+    return to_image(Augment(**kwargs)(image, np.random.default_rng(seed)))
 
 
 @pytest.mark.parametrize(
@@ -320,13 +317,14 @@ def test_preprocess_output_sizes(preprocess, size, expected):
     assert out.size == expected and out.mode == "RGB"
 
 
-def test_none_keeps_pixels_and_pads_by_mirroring():
+def test_none_keeps_pixels_and_pads_by_repeating_the_edge():
+    # The package pads with one border mode everywhere (networks.PAD_MODE, recorded in exports).
     array = _noise(50, 42)
     out = np.asarray(_augment(Image.fromarray(array), preprocess="none", flip=False))
     assert out.shape == (44, 52, 3)
     np.testing.assert_array_equal(out[:42, :50], array)
-    np.testing.assert_array_equal(out[42:, :50], array[::-1][:2])  # mirrored rows
-    np.testing.assert_array_equal(out[:42, 50:], array[:, ::-1][:, :2])
+    np.testing.assert_array_equal(out[42:, :50], np.repeat(array[-1:], 2, axis=0))  # last row repeated
+    np.testing.assert_array_equal(out[:42, 50:], np.repeat(array[:, -1:], 2, axis=1))
 
 
 def test_flip_on_and_off():
@@ -366,7 +364,7 @@ def test_preprocess_none_trains_on_varying_sizes_with_batch_size_one(tmp_path):
 def test_direction_swaps_domains_and_max_dataset_size_caps_length(cyclegan_dir):
     ab = UnpairedDataModule(root=str(cyclegan_dir), load_size=36, crop_size=32, num_workers=0)
     ba = UnpairedDataModule(
-        root=str(cyclegan_dir), load_size=36, crop_size=32, num_workers=0, direction="BtoA"
+        root=str(cyclegan_dir), load_size=36, crop_size=32, num_workers=0, swap_domains=True
     )
     capped = UnpairedDataModule(root=str(cyclegan_dir), num_workers=0, max_dataset_size=2)
     for dm in (ab, ba, capped):
@@ -418,7 +416,7 @@ def test_crop_modes_match_resize_then_crop(preprocess):
     image = Image.fromarray(_noise(60, 48, seed=5))
     augment = Augment(preprocess=preprocess, load_size=40, crop_size=32, flip=False)
     for seed in range(4):
-        out = np.asarray(augment(image, np.random.default_rng(seed)), dtype=int)
+        out = np.asarray(to_image(augment(image, np.random.default_rng(seed))), dtype=int)
         rng = np.random.default_rng(seed)
         size = (40, 40) if preprocess == "resize_and_crop" else (40, 32)  # 48·40/60 = 32
         x, y = int(rng.integers(0, size[0] - 31)), int(rng.integers(0, size[1] - 31))

@@ -13,16 +13,17 @@ from pathlib import Path
 import pytest
 
 from conftest import write_images
-from stylegan_transfer.data import DataError, UnpairedDataModule
 from stylegan_transfer.datasets import (
     DATASETS,
+    DataError,
     DownloadError,
     check_archive,
     download_dataset,
     main,
     resolve_name,
 )
-from stylegan_transfer.training import train
+from stylegan_transfer.training.data import UnpairedDataModule
+from stylegan_transfer.training.run import train
 
 
 class ArchiveServer(http.server.ThreadingHTTPServer):
@@ -241,7 +242,7 @@ def test_every_style_file_names_a_downloadable_dataset(compose_cfg):
         cfg = compose_cfg(f"style={info.style}")
         assert cfg.style.dataset == info.name and resolve_name(info.style) == info.name
         assert cfg.data.dataset == info.name and cfg.data.download is False
-        assert cfg.data.direction in ("AtoB", "BtoA")
+        assert cfg.data.swap_domains in (True, False)
         assert f"stylegan-download {info.name}" in cfg.data.missing_hint
     assert compose_cfg("style=custom").data.dataset is None
 
@@ -250,7 +251,7 @@ def test_datamodule_download_true_fetches_a_missing_dataset(server, tmp_path, mo
     server.files["/vangogh2photo.zip"] = make_archive(tmp_path)
     monkeypatch.setenv("STYLEGAN_DATASETS_URL", server.url)
     root = tmp_path / "data" / "vangogh2photo"
-    dm = UnpairedDataModule(root=str(root), dataset="vangogh2photo", download=True, direction="BtoA")
+    dm = UnpairedDataModule(root=str(root), dataset="vangogh2photo", download=True, swap_domains=True)
     dm.check()
     assert (root / "trainA").is_dir() and len(server.requests) == 1
     dm.setup("fit")

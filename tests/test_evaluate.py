@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import write_images
-from stylegan_transfer import evaluate, metrics
-from stylegan_transfer.export import save_generator
+from stylegan_transfer.inference.generator_file import save_generator
+from stylegan_transfer.metrics import evaluate
+from stylegan_transfer.metrics import scores as metrics
 from stylegan_transfer.networks import build_generator
-from stylegan_transfer.training import train
+from stylegan_transfer.training.run import train
 from test_metrics import randomize_
 
 TINY_G = {"channels": 4, "n_blocks": 1}
@@ -91,7 +92,7 @@ def test_model_export_on_test_split(weights_cache, cyclegan_dir, tmp_path):
     assert evaluate.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["n_fake"] == 2 and result["n_real"] == 2  # testA → compared with testB
-    assert result["lpips_alex_mean"] > 0 and result["meta"]["direction"] == "AtoB"
+    assert result["lpips_alex_mean"] > 0 and result["meta"]["role"] == "g_ab"
     assert sorted(p.name for p in saved.iterdir()) == ["img_000.png", "img_001.png"]
 
 
@@ -117,7 +118,7 @@ def test_training_logs_val_kid_keeps_and_exports_best_and_cli_reads_checkpoint(
     assert len(best) == 1 and (run / "checkpoints" / "last.ckpt").is_file()
     exported = run / "export" / "best" / "g_ab.safetensors"
     assert exported.is_file() and (run / "export" / "best" / "g_ba.safetensors").is_file()
-    from stylegan_transfer.export import read_metadata
+    from stylegan_transfer.inference.generator_file import read_metadata
 
     meta = read_metadata(exported)
     assert meta["selected_by"] == "val/kid" and meta["score"] == pytest.approx(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -16,17 +17,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import quiet_trainer
-from stylegan_transfer.export import (
+from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
+from stylegan_transfer.inference.export import export_checkpoint
+from stylegan_transfer.inference.generator_file import (
     ExportError,
-    PaddedGenerator,
-    export_checkpoint,
-    generator_from_checkpoint,
     load_generator,
     read_metadata,
     save_generator,
 )
-from stylegan_transfer.module import CycleGANModule
-from stylegan_transfer.networks import build_generator
+from stylegan_transfer.networks import PaddedGenerator, build_generator
+from stylegan_transfer.training.cyclegan import CycleGANModule
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}
@@ -46,7 +46,7 @@ def run_module(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def trained_ckpt(cyclegan_dir: Path, tmp_path: Path) -> tuple[Path, CycleGANModule]:
     """A CycleGANModule trained for 2 steps on tiny images, saved as a Lightning checkpoint."""
-    from stylegan_transfer.data import UnpairedDataModule
+    from stylegan_transfer.training.data import UnpairedDataModule
 
     module = CycleGANModule(generator=TINY_G, discriminator=TINY_D, pool_size=2)
     datamodule = UnpairedDataModule(
@@ -64,9 +64,11 @@ ROUND_TRIP = """
 import sys, torch
 from PIL import Image
 from safetensors.torch import save_file
-from stylegan_transfer.translate import image_to_tensor, load_generator, translate_tensor
+from stylegan_transfer.images import to_tensor
+from stylegan_transfer.inference.generator_file import load_generator
+from stylegan_transfer.inference.translate import translate_tensor
 generator = load_generator(sys.argv[1])
-x = image_to_tensor(Image.open(sys.argv[2]))
+x = to_tensor(Image.open(sys.argv[2])).unsqueeze(0)
 save_file({"y": translate_tensor(generator, x, device="cpu").contiguous()}, sys.argv[3])
 assert not any(m.split(".")[0] in ("lightning", "hydra", "wandb") for m in sys.modules)
 """
@@ -76,7 +78,7 @@ assert not any(m.split(".")[0] in ("lightning", "hydra", "wandb") for m in sys.m
 def test_checkpoint_export_translate_in_fresh_process_equals_module_forward(trained_ckpt, tmp_path):
     ckpt, module = trained_ckpt
     out = tmp_path / "export"
-    result = run_module("stylegan_transfer.export", str(ckpt), "-o", str(out), "--style", "demo")
+    result = run_module("stylegan_transfer.inference.export", str(ckpt), "-o", str(out), "--style", "demo")
     assert result.returncode == 0, result.stderr
     meta = read_metadata(out / "g_ab.safetensors")
     assert meta["arch"] == "resnet" and meta["kwargs"] == {"channels": 4, "n_blocks": 1}
@@ -101,15 +103,15 @@ def test_checkpoint_export_translate_in_fresh_process_equals_module_forward(trai
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    from stylegan_transfer.translate import image_to_tensor
+    from stylegan_transfer.images import to_tensor
 
     with torch.no_grad():
-        expected = module.g_ab(image_to_tensor(Image.open(image_path)))  # (1, 3, 36, 40)
+        expected = module.g_ab(to_tensor(Image.open(image_path)).unsqueeze(0))  # (1, 3, 36, 40)
     assert torch.equal(load_file(str(tmp_path / "y"))["y"], expected)
 
     # The CLI writes the same pixels, and the ba generator is the module's g_ba.
     result = run_module(
-        "stylegan_transfer.translate",
+        "stylegan_transfer.inference.translate",
         "--checkpoint", str(out / "g_ab.safetensors"),
         "--input", str(image_path),
         "--output", str(tmp_path / "cli"),
@@ -117,10 +119,10 @@ def test_checkpoint_export_translate_in_fresh_process_equals_module_forward(trai
         "--quiet",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    from stylegan_transfer.translate import tensor_to_image
+    from stylegan_transfer.images import to_image
 
     written = Image.open(tmp_path / "cli" / image_path.name)
-    assert list(written.getdata()) == list(tensor_to_image(expected).getdata())
+    assert list(written.getdata()) == list(to_image(expected).getdata())
     g_ba = load_generator(out / "g_ba.safetensors")
     for key, value in module.g_ba.state_dict().items():
         assert torch.equal(g_ba.state_dict()[key], value), key
@@ -134,13 +136,24 @@ def test_generator_from_checkpoint_without_lightning_matches_module(trained_ckpt
         assert torch.equal(generator(x), module.g_ba(x))
 
 
-def test_export_refuses_to_overwrite_and_reads_run_config(trained_ckpt, tmp_path):
-    ckpt, _ = trained_ckpt
-    hydra_dir = ckpt.parent.parent / ".hydra"
-    hydra_dir.mkdir()
-    (hydra_dir / "config.yaml").write_text(
-        "style: {name: demo, domain_a: photo, domain_b: painting}\ndata: {preprocess: crop, crop_size: 64}\n"
+def test_export_refuses_to_overwrite_and_reads_metadata_written_at_train_time(cyclegan_dir, tmp_path):
+    from stylegan_transfer.training.callbacks import ExportMetadata
+    from stylegan_transfer.training.data import UnpairedDataModule
+
+    module = CycleGANModule(generator=TINY_G, discriminator=TINY_D, pool_size=2)
+    datamodule = UnpairedDataModule(root=str(cyclegan_dir), load_size=36, crop_size=32, num_workers=0)
+    facts = ExportMetadata(
+        style="demo", domain_a="photo", domain_b="painting", preprocess="crop", train_size=64
     )
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_steps=1, limit_val_batches=0, callbacks=[facts])
+    trainer.fit(module, datamodule=datamodule)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    hydra_dir = (
+        ckpt.parent.parent / ".hydra"
+    )  # a run folder's config is never read: the checkpoint says it all
+    hydra_dir.mkdir()
+    (hydra_dir / "config.yaml").write_text("style: {name: other, domain_a: x, domain_b: y}\n")
     out = tmp_path / "exp"
     export_checkpoint(ckpt, out, roles=("g_ab",), log=lambda _msg: None)
     meta = read_metadata(out / "g_ab.safetensors")
@@ -227,7 +240,7 @@ def test_metadata_is_validated_against_the_registry(exported, tmp_path):
 def test_export_cli_reports_bad_checkpoint_without_traceback(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    result = run_module("stylegan_transfer.export", str(bad), "-o", str(tmp_path / "o"))
+    result = run_module("stylegan_transfer.inference.export", str(bad), "-o", str(tmp_path / "o"))
     assert result.returncode == 2
     assert "bad.ckpt" in result.stderr and "Traceback" not in result.stderr
 
@@ -255,7 +268,7 @@ def test_onnx_export_matches_eager_on_odd_sizes(trained_ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_torch_export_matches_eager_on_odd_sizes_and_fails_loudly(trained_ckpt, tmp_path):
-    from stylegan_transfer import exporters
+    from stylegan_transfer.inference import onnx_pt2 as exporters
 
     ckpt, module = trained_ckpt
     export_checkpoint(ckpt, tmp_path / "o", roles=("g_ab",), pt2=True, log=lambda _m: None)
@@ -269,3 +282,19 @@ def test_torch_export_matches_eager_on_odd_sizes_and_fails_loudly(trained_ckpt, 
     with pytest.raises(exporters.ParityError, match="differs"):
         exporters.export_pt2(module.g_ab, tmp_path / "strict.pt2", atol=-1.0, check_sizes=((1, 17, 19),))
     assert not list(tmp_path.glob("strict*"))
+
+
+def test_export_of_a_checkpoint_written_before_the_reorganisation_is_byte_identical(tmp_path):
+    """tests/data/tiny_cyclegan.ckpt was written by the flat-package code (trained 2 steps, optimiser state
+    dropped); the digests are of the tensors its `stylegan-export` wrote then. The same checkpoint must
+    export to the same bytes, whatever moved around the generator code."""
+    data = Path(__file__).parent / "data"
+    expected = json.loads((data / "tiny_cyclegan_export_digests.json").read_text())
+    export_checkpoint(data / "tiny_cyclegan.ckpt", tmp_path, log=lambda _msg: None)
+    for role, digests in expected.items():
+        tensors = load_file(str(tmp_path / f"{role}.safetensors"))
+        found = {
+            k: f"{hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()}|{v.dtype}|{list(v.shape)}"
+            for k, v in tensors.items()
+        }
+        assert found == digests, role

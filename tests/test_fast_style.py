@@ -8,11 +8,11 @@ from hydra.utils import instantiate
 
 import stylegan_transfer.perceptual as perceptual
 from conftest import quiet_trainer, write_images
-from stylegan_transfer.export import load_generator, read_metadata
-from stylegan_transfer.fast_style import FastStyleModule
+from stylegan_transfer.inference.generator_file import load_generator, read_metadata
 from stylegan_transfer.networks import GENERATORS, JohnsonGenerator, build_generator
 from stylegan_transfer.perceptual import vgg_features_module
-from stylegan_transfer.training import train
+from stylegan_transfer.training.fast_style import FastStyleModule
+from stylegan_transfer.training.run import train
 
 TINY_J = {"arch": "johnson", "channels": 4, "n_blocks": 1}
 
@@ -41,7 +41,9 @@ def test_training_steps_lower_the_perceptual_loss(tmp_path):
     photos = write_images(tmp_path / "photos", 2, size=(32, 32), seed=1)
     style = write_images(tmp_path / "style", 1, size=(32, 32), seed=2, tint=(200, 0, 0))[0]
     module = FastStyleModule(style_image=str(style), style_size=32, generator=TINY_J, lr=0.02)
-    module.vgg = perceptual.VGGFeatures(tiny_vgg_loader(), ["relu2_2", *module.hparams.style_layers])
+    module.perceptual.vgg = perceptual.VGGFeatures(
+        tiny_vgg_loader(), ["relu2_2", *module.hparams.style_layers]
+    )
     module.setup("fit")
     batch = torch.stack([perceptual_input(p) for p in photos])  # (2, 3, 32, 32)
     before = module._losses(batch)["loss"].item()
@@ -56,7 +58,7 @@ def test_training_steps_lower_the_perceptual_loss(tmp_path):
 
 
 def perceptual_input(path) -> torch.Tensor:
-    from stylegan_transfer.data import load_rgb, to_tensor
+    from stylegan_transfer.images import load_rgb, to_tensor
 
     return to_tensor(load_rgb(path))
 
@@ -64,10 +66,12 @@ def perceptual_input(path) -> torch.Tensor:
 def test_fast_style_experiment_composes_and_instantiates_without_weights(compose_cfg, tmp_path):
     style = write_images(tmp_path / "paintings", 1, seed=2)[0]
     cfg = compose_cfg("experiment=fast_style", f"model.style_image={style}")
-    assert cfg.model._target_ == "stylegan_transfer.fast_style.FastStyleModule"
+    assert cfg.model._target_ == "stylegan_transfer.training.fast_style.FastStyleModule"
     assert cfg.data.dir_b == str(tmp_path / "paintings")  # the style image's own folder
     module = instantiate(cfg.model)
-    assert isinstance(module, FastStyleModule) and module.vgg is None  # nothing loaded before setup()
+    assert (
+        isinstance(module, FastStyleModule) and module.perceptual.vgg is None
+    )  # nothing loaded before setup()
     assert module.generator_arch == "johnson" and module.generator_kwargs["channels"] == 4
 
 
@@ -98,18 +102,20 @@ def test_train_py_fast_style_exports_a_generator_like_cyclegans(compose_cfg, tmp
 
 def test_missing_style_image_is_a_clear_error():
     module = FastStyleModule(generator=TINY_J)
-    module.vgg = torch.nn.Identity()
+    module.perceptual.vgg = torch.nn.Identity()
     with pytest.raises(ValueError, match=r"model\.style_image"):
         module.setup("fit")
 
 
 def test_trainer_fit_with_injected_vgg(tmp_path):
-    from stylegan_transfer.data import UnpairedDataModule
+    from stylegan_transfer.training.data import UnpairedDataModule
 
     write_images(tmp_path / "a", 2, size=(32, 32), seed=1)
     style = write_images(tmp_path / "b", 1, size=(32, 32), seed=2)[0]
     module = FastStyleModule(style_image=str(style), style_size=32, generator=TINY_J)
-    module.vgg = perceptual.VGGFeatures(tiny_vgg_loader(), ["relu2_2", *module.hparams.style_layers])
+    module.perceptual.vgg = perceptual.VGGFeatures(
+        tiny_vgg_loader(), ["relu2_2", *module.hparams.style_layers]
+    )
     before = {k: v.clone() for k, v in module.g_ab.state_dict().items()}
     data = UnpairedDataModule(
         dir_a=str(tmp_path / "a"), dir_b=str(tmp_path / "b"), load_size=36, crop_size=32, num_workers=0

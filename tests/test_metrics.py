@@ -15,7 +15,8 @@ import torchvision.transforms.functional as TF
 from safetensors.torch import save_file
 from torch import nn
 
-from stylegan_transfer import metric_weights, metrics
+from stylegan_transfer.metrics import scores as metrics
+from stylegan_transfer.metrics import weights as metric_weights
 
 
 def reference_frechet(mu1, s1, mu2, s2) -> float:

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from conftest import quiet_trainer
-from stylegan_transfer.data import UnpairedDataModule
-from stylegan_transfer.module import CycleGANModule, linear_decay_factor
 from stylegan_transfer.perceptual import VGGFeatures, vgg_features_module
+from stylegan_transfer.training.cyclegan import CycleGANModule
+from stylegan_transfer.training.data import UnpairedDataModule
+from stylegan_transfer.training.optim import linear_decay_factor
 
 TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}
 TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2}
@@ -87,12 +88,14 @@ def test_perceptual_terms_train_with_injected_vgg(cyclegan_dir, tmp_path):
         content_layers=["relu2_1"],
         style_layers=["relu1_1", "relu2_1"],
     )
-    module.vgg = VGGFeatures(vgg_features_module(width_divisor=16), ["relu2_1", "relu1_1", "relu2_1"])
-    vgg_before = copy.deepcopy(module.vgg.state_dict())
+    module.perceptual.vgg = VGGFeatures(
+        vgg_features_module(width_divisor=16), ["relu2_1", "relu1_1", "relu2_1"]
+    )
+    vgg_before = copy.deepcopy(module.perceptual.vgg.state_dict())
     trainer = fit(module, tiny_datamodule(cyclegan_dir), tmp_path, max_steps=1, limit_val_batches=0)
     for key in ("train/content", "train/style", "train/tv"):
         assert torch.isfinite(trainer.callback_metrics[key]) and trainer.callback_metrics[key] > 0
-    assert all(torch.equal(vgg_before[k], v) for k, v in module.vgg.state_dict().items()), (
+    assert all(torch.equal(vgg_before[k], v) for k, v in module.perceptual.vgg.state_dict().items()), (
         "VGG must stay frozen"
     )
 

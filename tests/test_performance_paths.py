@@ -17,7 +17,8 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from conftest import quiet_trainer
-from stylegan_transfer.module import CycleGANModule, batch_lr_factor
+from stylegan_transfer.training.cyclegan import CycleGANModule
+from stylegan_transfer.training.optim import batch_lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}

@@ -7,8 +7,8 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from stylegan_transfer.module import CycleGANModule
-from stylegan_transfer.training import train
+from stylegan_transfer.training.cyclegan import CycleGANModule
+from stylegan_transfer.training.run import train
 
 LOSSES = ("train/loss_g", "train/loss_d", "train/cycle", "train/d_a")
 
@@ -83,7 +83,7 @@ def test_crash_mid_epoch_keeps_last_checkpoint_and_resumes_exactly(
 
 
 def test_atomic_checkpoint_write_keeps_previous_file_on_failure(tmp_path, monkeypatch):
-    from stylegan_transfer.callbacks import AtomicCheckpointIO
+    from stylegan_transfer.training.callbacks import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import write_images
-from stylegan_transfer import losses, stylize
+from stylegan_transfer import losses
+from stylegan_transfer.nst import cli, color, mmd, stylize
 from stylegan_transfer.perceptual import (
     CAFFE_NORM,
     VGGFeatures,
@@ -70,7 +71,7 @@ def test_mmd_style_loss_equals_hand_computed_reference(kernel, kwargs, k):
     x = [f[0, :, i, j] for i, j in itertools.product(range(2), range(3))]  # samples = positions
     s = [t[0, :, i, j] for i, j in itertools.product(range(3), range(3))]
     expected = _loop_mmd2(x, s, k)
-    got = losses.mmd_style_loss([f], [t], kernel=kernel, **kwargs).item()
+    got = mmd.mmd_style_loss([f], [t], kernel=kernel, **kwargs).item()
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
@@ -79,11 +80,11 @@ def test_linear_mmd_is_mean_matching_and_quadratic_mmd_is_gram_loss_times_c_squa
     f = torch.randn(2, 5, 4, 4)
     t = torch.randn(1, 5, 6, 3).abs()
     # linear kernel: MMD² = ||mean x - mean s||²  (first-order statistics only)
-    linear = losses.mmd_style_loss([f[:1]], [t], kernel="linear").item()
+    linear = mmd.mmd_style_loss([f[:1]], [t], kernel="linear").item()
     means = (f[0].mean(dim=(1, 2)) - t[0].mean(dim=(1, 2))).pow(2).sum().item()
     assert linear == pytest.approx(means, rel=1e-5)
     # the linear kernel on second-order features (x xᵀ), i.e. k = (x·y)²: MMD² = C² · Gram loss (documented)
-    quad = losses.mmd_style_loss([f[:1]], [t], kernel="poly", degree=2, offset=0.0).item()
+    quad = mmd.mmd_style_loss([f[:1]], [t], kernel="poly", degree=2, offset=0.0).item()
     gram = losses.gram_style_loss([f[:1]], [t]).item()
     assert quad == pytest.approx(5**2 * gram, rel=1e-4)
     assert linear != pytest.approx(quad, rel=0.1)
@@ -92,12 +93,12 @@ def test_linear_mmd_is_mean_matching_and_quadratic_mmd_is_gram_loss_times_c_squa
 def test_mmd_mixture_weights_interpolate_between_styles():
     torch.manual_seed(3)
     f, s1, s2 = torch.randn(1, 3, 3, 3), torch.randn(1, 3, 3, 3) + 1, torch.randn(1, 3, 3, 3) - 1
-    only_first = losses.mmd_style_loss([f], [[s1, s2]], [1.0, 0.0], kernel="gaussian", bandwidth=1.0)
+    only_first = mmd.mmd_style_loss([f], [[s1, s2]], [1.0, 0.0], kernel="gaussian", bandwidth=1.0)
     assert only_first.item() == pytest.approx(
-        losses.mmd_style_loss([f], [s1], kernel="gaussian", bandwidth=1.0).item(), rel=1e-5
+        mmd.mmd_style_loss([f], [s1], kernel="gaussian", bandwidth=1.0).item(), rel=1e-5
     )
     # quadratic-kernel MMD to a mixture = C² · distance to the blended Gram matrix
-    mixed = losses.mmd_style_loss([f], [[s1, s2]], [0.7, 0.3], kernel="poly", degree=2).item()
+    mixed = mmd.mmd_style_loss([f], [[s1, s2]], [0.7, 0.3], kernel="poly", degree=2).item()
     blended = losses.blend_grams([losses.gram_matrix(s1)[0], losses.gram_matrix(s2)[0]], [0.7, 0.3])
     assert mixed == pytest.approx(9 * losses.gram_distance(f, blended).item(), rel=1e-4)
 
@@ -173,7 +174,7 @@ def test_luminance_transfer_keeps_the_contents_chrominance():
     style = smooth_image(1, tint=(0.0, 0.5, -0.5))
     settings = _settings(preserve_color="luminance", style_weight=1e4)
     image, _ = stylize.stylize(content, [style], tiny_vgg(), settings=settings, progress=False)
-    out, ref = stylize.rgb_to_yiq(image), stylize.rgb_to_yiq(content)
+    out, ref = color.rgb_to_yiq(image), color.rgb_to_yiq(content)
     assert (out[:, 0] - ref[:, 0]).abs().mean() > 1e-3  # luminance did change
     inside = (image.abs() < 0.999).all(dim=1, keepdim=True).expand(-1, 2, -1, -1)
     assert inside.float().mean() > 0.9
@@ -183,7 +184,7 @@ def test_luminance_transfer_keeps_the_contents_chrominance():
 def test_histogram_matching_gives_the_style_the_contents_colour_statistics():
     content = smooth_image(0, tint=(0.3, 0.0, -0.2)) * 0.5
     style = smooth_image(1, tint=(-0.3, 0.4, 0.0)) * 0.5
-    matched = stylize.match_color_statistics(style, content)
+    matched = color.match_color_statistics(style, content)
     flat_m, flat_c = matched.reshape(3, -1), content.reshape(3, -1)
     torch.testing.assert_close(flat_m.mean(1), flat_c.mean(1), atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.cov(flat_m), torch.cov(flat_c), atol=1e-4, rtol=0)
@@ -238,13 +239,13 @@ def test_quantised_caffe_weights_are_dequantised_mapped_and_normalised(tmp_path,
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_output_and_intermediates(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(stylize, "load_vgg_features", lambda arch, weights_path=None: tiny_vgg())
+    monkeypatch.setattr(cli, "load_vgg_features", lambda arch, weights_path=None: tiny_vgg())
     content = write_images(tmp_path / "c", 1, size=(40, 32))[0]
     style = write_images(tmp_path / "s", 1, size=(32, 32), seed=5)[0]
     out = tmp_path / "out" / "result.png"
     argv = ["--content", str(content), "--style", str(style), "--output", str(out), "--size", "32"]
     argv += ["--iterations", "4", "--save-every", "2", "--no-progress", "--seed", "3"]
-    assert stylize.main(argv) == 0
+    assert cli.main(argv) == 0
     assert Image.open(out).size == (32, 24)
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "result.png",
@@ -255,16 +256,14 @@ def test_cli_writes_output_and_intermediates(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_errors_name_the_file_and_exit_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(stylize, "load_vgg_features", lambda arch, weights_path=None: tiny_vgg())
+    monkeypatch.setattr(cli, "load_vgg_features", lambda arch, weights_path=None: tiny_vgg())
     style = write_images(tmp_path / "s", 1)[0]
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     out = str(tmp_path / "o.png")
-    assert (
-        stylize.main(["--content", str(tmp_path / "nope.jpg"), "--style", str(style), "--output", out]) == 2
-    )
+    assert cli.main(["--content", str(tmp_path / "nope.jpg"), "--style", str(style), "--output", out]) == 2
     assert "nope.jpg does not exist" in capsys.readouterr().err
-    assert stylize.main(["--content", str(bad), "--style", str(style), "--output", out]) == 2
+    assert cli.main(["--content", str(bad), "--style", str(style), "--output", out]) == 2
     assert "could not read image" in capsys.readouterr().err and not (tmp_path / "o.png").exists()
 
 
@@ -279,11 +278,11 @@ def test_cli_offline_vgg_error_is_clear(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     image = write_images(tmp_path / "c", 1)[0]
     argv = ["--content", str(image), "--style", str(image), "--output", str(tmp_path / "o.png")]
-    assert stylize.main(argv) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "could not obtain the pretrained VGG19 weights" in err and "Traceback" not in err
     missing = tmp_path / "missing.bin"
-    assert stylize.main([*argv, "--vgg-weights", str(missing)]) == 2
+    assert cli.main([*argv, "--vgg-weights", str(missing)]) == 2
     assert "missing.bin does not exist" in capsys.readouterr().err
 
 

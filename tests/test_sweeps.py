@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from conftest import run_train_py
-from stylegan_transfer.sweeps import read_results, report, swept_keys, write_result
+from stylegan_transfer.training.sweeps import read_results, report, swept_keys, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_optuna_two_trials(tmp_path):
 def test_wandb_artifacts_hold_the_exported_generators_and_samples(tmp_path, monkeypatch):
     import wandb
 
-    from stylegan_transfer.training import _log_wandb_artifacts
+    from stylegan_transfer.training.run import _log_wandb_artifacts
 
     exported = []
     for name in ("g_ab", "g_ba"):

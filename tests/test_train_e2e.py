@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY, run_train_py
-from stylegan_transfer.export import load_generator
+from stylegan_transfer.inference.generator_file import load_generator
 
 pytestmark = pytest.mark.slow
 

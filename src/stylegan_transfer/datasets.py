@@ -69,6 +69,41 @@ DATASETS: dict[str, DatasetInfo] = {
 STYLE_TO_DATASET = {info.style: info.name for info in DATASETS.values()}
 
 
+# ----------------------------------------------------------------------------- folder layout
+DEMO_ROOT = Path(__file__).resolve().parent / "assets" / "demo"  # the embedded demo set (CycleGAN layout)
+
+
+class DataError(RuntimeError):
+    """A dataset folder is missing, empty or unusable; the message says which and what to do."""
+
+
+def domain_folders(
+    *,
+    root: str | Path | None,
+    dir_a: str | Path | None = None,
+    dir_b: str | Path | None = None,
+    split: str = "train",
+    swap_domains: bool = False,
+) -> tuple[Path, Path]:
+    """The folders of our domains A and B for `split` ("train" or "test").
+
+    Explicit `dir_a`/`dir_b` win; else `root/{split}A` and `root/{split}B`. `swap_domains` exchanges the two,
+    for archives that keep our domain A in their B folders (vangogh2photo holds the paintings in trainA).
+    """
+    if dir_a is not None or dir_b is not None:
+        if dir_a is None or dir_b is None:
+            raise DataError("give both data.dir_a and data.dir_b (or neither, and data.root)")
+        folder_a, folder_b = Path(dir_a).expanduser(), Path(dir_b).expanduser()
+    elif root is None:
+        raise DataError(
+            "no data given: set data.root to a CycleGAN-layout folder or data.dir_a and data.dir_b"
+        )
+    else:
+        root = Path(root).expanduser()
+        folder_a, folder_b = root / f"{split}A", root / f"{split}B"
+    return (folder_b, folder_a) if swap_domains else (folder_a, folder_b)
+
+
 class DownloadError(RuntimeError):
     """A download or archive failed; the message names the URL and how to place the data by hand."""
 

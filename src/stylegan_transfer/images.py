@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from stylegan_transfer.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,9 @@ def load_rgb(path: str | Path, *, draft_size: int | None = None, max_pixels: int
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> (3, H, W) float32 in [-1, 1]."""
+    """PIL image -> (3, H, W) float32 RGB in [-1, 1]."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     # numpy, not torch ops: small multi-threaded torch kernels are slow in a busy main process
     array = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)  # (3, H, W)
     array /= 127.5
@@ -126,16 +131,32 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def to_image(tensor: torch.Tensor) -> Image.Image:
-    """(3, H, W) in [-1, 1] -> PIL RGB."""
-    array = ((tensor.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    """(3, H, W) or (1, 3, H, W) in [-1, 1] -> PIL RGB."""
+    tensor = tensor.detach().float()
+    if tensor.dim() == 4:
+        tensor = tensor.squeeze(0)
+    array = ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array, mode="RGB")
 
 
-def pad_to_multiple(image: Image.Image, multiple: int = 4) -> Image.Image:
-    """Pad right and bottom by mirroring so both sides are multiples of `multiple` (size otherwise kept)."""
-    w, h = image.size
-    pad_w, pad_h = -w % multiple, -h % multiple
-    if not pad_w and not pad_h:
+def save_image(image: Image.Image | torch.Tensor, path: str | Path, *, quality: int = 95) -> Path:
+    """Write an image (PIL, or a tensor in [-1, 1]) atomically; the format follows the file's suffix."""
+    if isinstance(image, torch.Tensor):
+        image = to_image(image)
+    path = Path(path)
+    with atomic_path(path, fsync=False) as tmp:
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            image.save(tmp, quality=quality)
+        else:
+            image.save(tmp)
+    return path
+
+
+def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """Resize (antialiased bicubic) so the longer side is `long_side`, both sides rounded to multiples of 4."""
+    h, w = image.shape[-2:]
+    scale = long_side / max(h, w)
+    size = (max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4))
+    if size == (h, w):
         return image
-    array = np.pad(np.asarray(image), ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-    return Image.fromarray(array, mode="RGB")
+    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)

@@ -319,3 +319,47 @@ def init_weights(net: nn.Module, *, init_type: Init = "normal", gain: float = 0.
             nn.init.normal_(module.weight, 1.0, gain)
             nn.init.zeros_(module.bias)
     return net
+
+
+# ----------------------------------------------------------------------------- any input size
+PAD_MODE = "replicate"  # the one border mode for padding images to a size multiple (recorded in exports)
+
+
+def size_multiple(arch: str, kwargs: dict) -> int:
+    """Input height and width must be multiples of this for the generator `arch` built with `kwargs`."""
+    if arch == "unet":
+        return 2 ** int(kwargs.get("num_downs", 8))
+    return 4
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (..., H, W) at the bottom and right, repeating the edge pixels, to multiples of `multiple`."""
+    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    if not pad_h and not pad_w:
+        return x
+    batched = x if x.dim() == 4 else x.unsqueeze(0)  # F.pad's replicate mode wants (B, C, H, W)
+    padded = nn.functional.pad(batched, (0, pad_w, 0, pad_h), mode=PAD_MODE)
+    return padded if x.dim() == 4 else padded.squeeze(0)
+
+
+class PaddedGenerator(nn.Module):
+    """A generator that takes any H and W: pads to `multiple` (see `pad_to_multiple`) and crops back.
+
+    The crop uses `index_select` rather than slicing so that `torch.export` keeps H and W fully dynamic
+    (a slice up to the padded size would specialise on whether padding happened).
+    """
+
+    def __init__(self, generator: nn.Module, multiple: int) -> None:
+        super().__init__()
+        self.generator = generator
+        self.multiple = int(multiple)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [-1, 1]
+        height, width = x.shape[-2], x.shape[-1]
+        pad_h = (self.multiple - height % self.multiple) % self.multiple
+        pad_w = (self.multiple - width % self.multiple) % self.multiple
+        padded = nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=PAD_MODE)  # (B, C, H', W')
+        y = self.generator(padded)  # (B, C, H', W')
+        rows = torch.arange(height, device=x.device)
+        cols = torch.arange(width, device=x.device)
+        return y.index_select(2, rows).index_select(3, cols)  # (B, C, H, W)

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from stylegan_transfer.losses import gram_distance, gram_matrix
 
 # Conv widths per block ("M" = max-pool) of torchvision's VGG configurations.
 _VGG_LAYOUTS: dict[str, list[int | str]] = {
@@ -233,3 +236,79 @@ class VGGFeatures(nn.Module):
             if index in self.indices:
                 found[index] = x
         return [found[index] for index in self.indices]  # a layer may be asked for twice
+
+
+# ----------------------------------------------------------------------------- the perceptual-loss holder
+CONTENT_LAYERS = ("relu4_2",)  # Gatys et al. 2016
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+class PerceptualLoss(nn.Module):
+    """VGG content and Gram-style terms, each divided by a constant of its target.
+
+    content = Σ_l mean (F_l(x) - F_l(t))² / mean F_l(t)²;  style = Σ_l w_l ||G_l(x) - G_l(s)||² / ||G_l(s)||²
+    (w_l default 1 / number of layers). Scaling every feature by a constant leaves both unchanged, so the
+    `lambda_*` weights mean the same with torchvision's VGG19 and with the Caffe VGG19, whose features are
+    orders of magnitude larger. The trunk is built by `load()` (or assigned to `.vgg`, as tests do) and is
+    never part of a checkpoint: `strip_state` / `restore_state` take it out and put it back.
+    """
+
+    def __init__(
+        self,
+        *,
+        content_layers: Sequence[str] = CONTENT_LAYERS,
+        style_layers: Sequence[str] = STYLE_LAYERS,
+        style_layer_weights: Sequence[float] | None = None,
+        weights_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if style_layer_weights is not None and len(style_layer_weights) != len(style_layers):
+            raise ValueError(f"{len(style_layer_weights)} style layer weights for {len(style_layers)} layers")
+        self.content_layers, self.style_layers = list(content_layers), list(style_layers)
+        n = len(self.style_layers)
+        self.layer_weights = [float(w) for w in (style_layer_weights or [1.0 / n] * n)]
+        self.weights_path = weights_path
+        self.vgg: nn.Module | None = None
+
+    def load(self) -> PerceptualLoss:
+        """Build the frozen VGG19 trunk (downloaded and cached, or `weights_path`) unless one is set."""
+        if self.vgg is None:
+            features = load_vgg_features("vgg19", weights_path=self.weights_path)
+            self.vgg = VGGFeatures(features, [*self.content_layers, *self.style_layers])
+        return self
+
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(content features, style features) of (B, 3, H, W) images in [-1, 1]."""
+        if self.vgg is None:
+            raise RuntimeError("the VGG trunk is not loaded: call load() (training does so in setup())")
+        feats = self.vgg(images)
+        n = len(self.content_layers)
+        return feats[:n], feats[n:]
+
+    @staticmethod
+    def grams(style_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per layer, the Gram matrix (C, C) of a batch of style images taken together (their mean)."""
+        return [gram_matrix(f).mean(dim=0) for f in style_features]
+
+    @staticmethod
+    def content(features: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+        return sum(
+            F.mse_loss(f.float(), t.float()) / (t.float() ** 2).mean().clamp_min(1e-12)
+            for f, t in zip(features, targets, strict=True)
+        )
+
+    def style(self, features: Sequence[torch.Tensor], target_grams: Sequence[torch.Tensor]) -> torch.Tensor:
+        return sum(
+            w * gram_distance(f, g) / (g.float() ** 2).sum().clamp_min(1e-12)
+            for w, f, g in zip(self.layer_weights, features, target_grams, strict=True)
+        )
+
+    # ------------------------------------------------------------------------- kept out of checkpoints
+    def strip_state(self, state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """`state_dict` without this module's VGG weights (stored under `prefix`)."""
+        return {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+
+    def restore_state(self, state_dict: dict[str, torch.Tensor], prefix: str) -> None:
+        """Put the loaded VGG's weights back under `prefix` so a strict load finds them."""
+        if self.vgg is not None:
+            state_dict.update({f"{prefix}vgg.{k}": v for k, v in self.vgg.state_dict().items()})

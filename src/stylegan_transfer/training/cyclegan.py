@@ -9,86 +9,18 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
-import random
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
 from stylegan_transfer import losses
 from stylegan_transfer.image_pool import ImagePool
 from stylegan_transfer.networks import build_discriminator, build_generator, init_weights
-
-
-def linear_decay_factor(epoch: int, *, epochs_constant: int, epochs_decay: int) -> float:
-    """LR multiplier after `epoch` epochs: 1 for `epochs_constant` epochs, then linearly towards 0.
-
-    The CycleGAN reference's rule: 1 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1).
-    """
-    return 1.0 - max(0, epoch + 1 - epochs_constant) / float(epochs_decay + 1)
-
-
-LrScaling = Literal["none", "sqrt", "linear"]
-
-
-def batch_lr_factor(global_batch: int, rule: LrScaling, *, base_batch: int = 1) -> float:
-    """Learning-rate multiplier for `global_batch` images per optimiser step (the paper used 1).
-
-    "none": the paper's LR at any batch. "sqrt": lr * sqrt(batch / base), the square-root rule for
-    Adam (Malladi et al. 2022), the default of the fast presets. "linear": lr * batch / base (the SGD rule).
-    The LR schedule counts epochs (images seen), not steps, so it is the paper's at every batch size.
-    """
-    if global_batch < 1 or base_batch < 1:
-        raise ValueError(f"batch sizes must be >= 1, got {global_batch} and {base_batch}")
-    ratio = global_batch / base_batch
-    if rule == "none":
-        return 1.0
-    if rule == "sqrt":
-        return math.sqrt(ratio)
-    if rule == "linear":
-        return ratio
-    raise ValueError(f"unknown lr_scaling {rule!r}; choose none, sqrt or linear")
-
-
-def capture_rng() -> dict[str, Any]:
-    """Every global RNG state, as plain values (tensors, ints) that `weights_only` loading accepts."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(gauss),
-        },
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["gauss"],
-        )
-    )
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS, PerceptualLoss
+from stylegan_transfer.training.optim import LrScaling, batch_lr_factor, linear_decay_factor
 
 
 class CycleGANModule(L.LightningModule):
@@ -106,8 +38,8 @@ class CycleGANModule(L.LightningModule):
         lambda_content: float = 0.0,
         lambda_style: float = 0.0,
         lambda_tv: float = 0.0,
-        content_layers: Sequence[str] = ("relu4_2",),
-        style_layers: Sequence[str] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        content_layers: Sequence[str] = CONTENT_LAYERS,
+        style_layers: Sequence[str] = STYLE_LAYERS,
         vgg_weights: str | None = None,
         lr: float = 2e-4,
         beta1: float = 0.5,
@@ -148,7 +80,9 @@ class CycleGANModule(L.LightningModule):
             init_weights(net, init_type=init_type, gain=init_gain)
         self.pool_a = ImagePool(pool_size, seed=seed)  # history of fake_a
         self.pool_b = ImagePool(pool_size, seed=seed + 1)  # history of fake_b
-        self.vgg: nn.Module | None = None  # built on first use when a perceptual term is on
+        self.perceptual = PerceptualLoss(
+            content_layers=content_layers, style_layers=style_layers, weights_path=vgg_weights
+        )  # its VGG is loaded in setup() when a perceptual term is on
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -174,18 +108,23 @@ class CycleGANModule(L.LightningModule):
         return self.hparams.lambda_content > 0 or self.hparams.lambda_style > 0
 
     def setup(self, stage: str) -> None:
-        if self.uses_vgg and self.vgg is None:
-            from stylegan_transfer.perceptual import VGGFeatures, load_vgg_features
+        if self.uses_vgg:
+            self.perceptual.load().to(self.device)
 
-            features = load_vgg_features("vgg19", weights_path=self.hparams.vgg_weights)
-            layers = [*self.hparams.content_layers, *self.hparams.style_layers]
-            self.vgg = VGGFeatures(features, layers).to(self.device)
-
-    def _vgg_split(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        assert self.vgg is not None
-        feats = self.vgg(images)
-        n = len(self.hparams.content_layers)
-        return feats[:n], feats[n:]
+    def _perceptual_terms(
+        self, fake_b: torch.Tensor, fake_a: torch.Tensor, real_a: torch.Tensor, real_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content: each fake against its own input (fake_b vs real_a, fake_a vs real_b). Style: each fake
+        against the batch of real images of its target domain. Both normalised (see PerceptualLoss)."""
+        p = self.perceptual
+        content_fb, style_fb = p.features(fake_b)
+        content_fa, style_fa = p.features(fake_a)
+        with torch.no_grad():
+            content_ra, style_ra = p.features(real_a)
+            content_rb, style_rb = p.features(real_b)
+        content = p.content(content_fb, content_ra) + p.content(content_fa, content_rb)
+        style = p.style(style_fb, p.grams(style_rb)) + p.style(style_fa, p.grams(style_ra))
+        return content, style
 
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
@@ -247,17 +186,7 @@ class CycleGANModule(L.LightningModule):
                 loss_g = loss_g + hp.lambda_cycle * hp.lambda_identity * identity
                 logs["train/identity"] = identity
             if self.uses_vgg:
-                content_fb, style_fb = self._vgg_split(fake_b)
-                content_fa, style_fa = self._vgg_split(fake_a)
-                with torch.no_grad():
-                    content_ra, style_ra = self._vgg_split(real_a)
-                    content_rb, style_rb = self._vgg_split(real_b)
-                content = losses.content_loss(content_fb, content_ra) + losses.content_loss(
-                    content_fa, content_rb
-                )
-                style = losses.gram_style_loss(style_fb, style_rb) + losses.gram_style_loss(
-                    style_fa, style_ra
-                )
+                content, style = self._perceptual_terms(fake_b, fake_a, real_a, real_b)
                 loss_g = loss_g + hp.lambda_content * content + hp.lambda_style * style
                 logs |= {"train/content": content, "train/style": style}
             if hp.lambda_tv > 0:
@@ -323,17 +252,11 @@ class CycleGANModule(L.LightningModule):
     # ----------------------------------------------------------------------------- checkpoint state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["image_pools"] = {"a": self.pool_a.state_dict(), "b": self.pool_b.state_dict()}
-        checkpoint["rng"] = capture_rng()
         # The frozen VGG is rebuilt from its weights; never store hundreds of MB of it in every checkpoint.
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vgg.")
-        }
+        checkpoint["state_dict"] = self.perceptual.strip_state(checkpoint["state_dict"], "perceptual.")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "image_pools" in checkpoint:
             self.pool_a.load_state_dict(checkpoint["image_pools"]["a"])
             self.pool_b.load_state_dict(checkpoint["image_pools"]["b"])
-        if "rng" in checkpoint:
-            restore_rng(checkpoint["rng"])
-        if self.vgg is not None:
-            checkpoint["state_dict"].update({f"vgg.{k}": v for k, v in self.vgg.state_dict().items()})
+        self.perceptual.restore_state(checkpoint["state_dict"], "perceptual.")

@@ -3,12 +3,11 @@
 One transformation network `g_ab` learns to paint content photos (domain A) in the style of ONE image:
 perceptual content loss against its own input, Gram style loss against the fixed style image, total
 variation. No discriminators, no cycle. Its generator exports and translates exactly like a CycleGAN `g_ab`
-(`training.export_generators`, the same safetensors format and CLI).
+(`inference.export.write_generators`, the same safetensors format and CLI).
 
-Like `stylize`, each perceptual term is divided by a constant of its target (content: mean F_x² of the
-batch's own input features; style: ||G_s||² per layer), so the weights do not depend on which VGG weights
-are in use. All `lambda_*` weights are applied in `_losses` and nowhere else. VGG and the style image are
-loaded in `setup()` (tests may assign `module.vgg` and `module.style_image_tensor` before fitting).
+Like `stylize` and CycleGAN's perceptual terms, each term is divided by a constant of its target
+(`perceptual.PerceptualLoss`), so the weights do not depend on which VGG weights are in use. All `lambda_*` weights are applied in `_losses` and nowhere else. VGG and the style image are
+loaded in `setup()` (tests may assign `module.perceptual.vgg` and `module.style_image_tensor` before fitting).
 """
 
 from __future__ import annotations
@@ -19,12 +18,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from stylegan_transfer import losses
-from stylegan_transfer.module import linear_decay_factor
+from stylegan_transfer.images import load_rgb, resize_long_side, to_tensor
 from stylegan_transfer.networks import build_generator, init_weights
+from stylegan_transfer.perceptual import STYLE_LAYERS, PerceptualLoss
+from stylegan_transfer.training.optim import linear_decay_factor
 
 
 class FastStyleModule(L.LightningModule):
@@ -40,7 +39,7 @@ class FastStyleModule(L.LightningModule):
         lambda_style: float = 5.0,
         lambda_tv: float = 0.01,
         content_layers: Sequence[str] = ("relu2_2",),
-        style_layers: Sequence[str] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        style_layers: Sequence[str] = STYLE_LAYERS,
         style_layer_weights: Sequence[float] | None = None,
         vgg_weights: str | None = None,
         lr: float = 1e-3,
@@ -54,69 +53,48 @@ class FastStyleModule(L.LightningModule):
     ) -> None:
         super().__init__()
         generator = dict(generator or {"arch": "johnson"})
-        if style_layer_weights is not None and len(style_layer_weights) != len(style_layers):
-            raise ValueError(f"{len(style_layer_weights)} style layer weights for {len(style_layers)} layers")
         self.save_hyperparameters()
         gen_kwargs = dict(generator)
         self.generator_arch = gen_kwargs.pop("arch")
         self.generator_kwargs = dict(gen_kwargs)
         self.g_ab = build_generator(self.generator_arch, **gen_kwargs)
         init_weights(self.g_ab, init_type=init_type, gain=init_gain)
-        self.vgg: nn.Module | None = None
+        self.perceptual = PerceptualLoss(
+            content_layers=content_layers,
+            style_layers=style_layers,
+            style_layer_weights=style_layer_weights,
+            weights_path=vgg_weights,
+        )
         self.style_image_tensor: torch.Tensor | None = None  # (1, 3, H, W) in [-1, 1]
-        self._target_grams: list[torch.Tensor] | None = None
-        self._style_norms: list[float] | None = None
+        self._grams: list[torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------- VGG and style target
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        if self.vgg is None:
-            from stylegan_transfer.perceptual import VGGFeatures, load_vgg_features
-
-            features = load_vgg_features("vgg19", weights_path=hp.vgg_weights)
-            self.vgg = VGGFeatures(features, [*hp.content_layers, *hp.style_layers]).to(self.device)
+        self.perceptual.load().to(self.device)
         if self.style_image_tensor is None:
             if hp.style_image is None:
                 raise ValueError("no style image: set model.style_image=/path/to/painting.jpg")
-            from stylegan_transfer.stylize import read_image, resize_long_side
-
-            image = read_image(hp.style_image)
+            image = to_tensor(load_rgb(hp.style_image)).unsqueeze(0)  # (1, 3, H, W)
             self.style_image_tensor = resize_long_side(image, hp.style_size) if hp.style_size else image
 
-    def _split(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        assert self.vgg is not None, "VGG is loaded in setup(); assign module.vgg to use it earlier"
-        feats = self.vgg(images)
-        n = len(self.hparams.content_layers)
-        return feats[:n], feats[n:]
-
-    def _targets(self) -> tuple[list[torch.Tensor], list[float]]:
-        if self._target_grams is None or self._target_grams[0].device != self.device:
+    def _target_grams(self) -> list[torch.Tensor]:
+        if self._grams is None or self._grams[0].device != self.device:
             assert self.style_image_tensor is not None
             with torch.no_grad():
-                _, style_feats = self._split(self.style_image_tensor.to(self.device))
-            self._target_grams = [losses.gram_matrix(f)[0] for f in style_feats]
-            self._style_norms = [max(float((g**2).sum()), 1e-12) for g in self._target_grams]
-        assert self._style_norms is not None
-        return self._target_grams, self._style_norms
+                _, style_feats = self.perceptual.features(self.style_image_tensor.to(self.device))
+            self._grams = self.perceptual.grams(style_feats)
+        return self._grams
 
     # ----------------------------------------------------------------------------- losses
     def _losses(self, real_a: torch.Tensor) -> dict[str, torch.Tensor]:
-        hp = self.hparams
-        grams, norms = self._targets()
+        hp, p = self.hparams, self.perceptual
         fake_b = self.g_ab(real_a)  # (B, 3, H, W)
-        content_fb, style_fb = self._split(fake_b)
+        content_fb, style_fb = p.features(fake_b)
         with torch.no_grad():
-            content_ra, _ = self._split(real_a)
-        content = sum(
-            F.mse_loss(f.float(), t.float()) / (t.float() ** 2).mean().clamp_min(1e-12)
-            for f, t in zip(content_fb, content_ra, strict=True)
-        )
-        n = len(style_fb)
-        layer_w = hp.style_layer_weights or [1.0 / n] * n
-        style = sum(
-            w * losses.gram_distance(f, g) / norm
-            for w, f, g, norm in zip(layer_w, style_fb, grams, norms, strict=True)
-        )
+            content_ra, _ = p.features(real_a)
+        content = p.content(content_fb, content_ra)
+        style = p.style(style_fb, self._target_grams())
         tv = losses.total_variation(fake_b)
         loss = hp.lambda_content * content + hp.lambda_style * style + hp.lambda_tv * tv
         return {"loss": loss, "content": content, "style": style, "tv": tv}
@@ -166,10 +144,7 @@ class FastStyleModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------- checkpoint state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vgg.")
-        }
+        checkpoint["state_dict"] = self.perceptual.strip_state(checkpoint["state_dict"], "perceptual.")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.vgg is not None:
-            checkpoint["state_dict"].update({f"vgg.{k}": v for k, v in self.vgg.state_dict().items()})
+        self.perceptual.restore_state(checkpoint["state_dict"], "perceptual.")

@@ -1,7 +1,8 @@
-"""`train(cfg)`: the one training function behind `python train.py` (Hydra composes `cfg`).
+"""`train(cfg)`: the one training function behind `python train.py` and `stylegan-train` (Hydra composes `cfg`).
 
 Steps: seed → data (fail fast on missing folders) → module → callbacks/logger → fit → export the
-generators (rank 0) → close the W&B run. Returns the final metrics as plain floats.
+generators (rank 0) → close the W&B run. Returns the final metrics as plain floats. This is the only
+place where configuration objects are read; everything below receives typed keyword arguments.
 """
 
 from __future__ import annotations
@@ -19,21 +20,26 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from stylegan_transfer.callbacks import AtomicCheckpointIO
-from stylegan_transfer.data import DataError
-from stylegan_transfer.export import save_generator
+from stylegan_transfer.datasets import DEMO_ROOT, DataError
+from stylegan_transfer.inference.checkpoint import ROLES
+from stylegan_transfer.inference.export import write_generators
 from stylegan_transfer.perceptual import VGGWeightsError
+from stylegan_transfer.training.callbacks import AtomicCheckpointIO, ExportMetadata, RNGState
 
 log = logging.getLogger(__name__)
-# Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit; nothing a user can act on.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = DEMO_ROOT.parent
 USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError)  # reported as one clear line, exit code 2
+
+
+def quiet_known_warnings() -> None:
+    """Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit; nothing a user can act on."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def register_resolvers() -> None:
     """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.dirname:...}` → a safe folder
-    name; `${st.parent:path}` → the folder containing `path`."""
+    name; `${st.parent:path}` → the folder containing `path`. Called by the entry points (train.py,
+    `stylegan-train`) and by tests, never at import time."""
     OmegaConf.register_new_resolver("st.asset", lambda name: str(ASSETS / name), replace=True)
     OmegaConf.register_new_resolver(
         "st.parent", lambda path: str(Path(path).expanduser().parent), replace=True
@@ -49,9 +55,6 @@ def safe_dirname(text: str, limit: int = 120) -> str:
         return text
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     return f"{text[: limit - 9]}_{digest}"
-
-
-register_resolvers()
 
 
 def wandb_has_credentials() -> bool:
@@ -77,32 +80,30 @@ def _prepare_wandb(logger_cfg: DictConfig | None) -> bool:
     return True
 
 
-def export_generators(module: L.LightningModule, out_dir: Path, cfg: DictConfig) -> list[Path]:
-    """Write g_ab and g_ba (those the module has: fast style has only g_ab) as generator-only safetensors."""
+def export_metadata(cfg: DictConfig) -> ExportMetadata:
+    """The run's facts that every checkpoint and export carries (style, domains, preprocessing, size)."""
     style = OmegaConf.to_container(cfg.get("style", {}), resolve=True) or {}
-    domains = {"a": style.get("domain_a", "A"), "b": style.get("domain_b", "B")}
-    extra = {
-        "style": style.get("name", ""),
-        "preprocess": cfg.data.get("preprocess", "resize_and_crop"),
-        "train_size": int(cfg.data.get("crop_size", 256)),
-        "epoch": int(module.current_epoch),
-    }
-    paths = []
-    for name, src, dst in (("g_ab", "a", "b"), ("g_ba", "b", "a")):
-        net = getattr(module, name, None)
-        if net is None:
-            continue
-        paths.append(
-            save_generator(
-                net,
-                out_dir / f"{name}.safetensors",
-                arch=module.generator_arch,
-                kwargs=module.generator_kwargs,
-                direction=f"{domains[src]} -> {domains[dst]}",
-                extra={**extra, "role": name},
-            )
-        )
-    return paths
+    return ExportMetadata(
+        style=str(style.get("name", "")),
+        domain_a=str(style.get("domain_a", "A")),
+        domain_b=str(style.get("domain_b", "B")),
+        preprocess=str(cfg.data.get("preprocess", "resize_and_crop")),
+        train_size=int(cfg.data.get("crop_size", 256)),
+    )
+
+
+def export_generators(module: L.LightningModule, out_dir: Path, metadata: ExportMetadata) -> list[Path]:
+    """Write g_ab and g_ba (those the module has: fast style has only g_ab) as generator-only safetensors."""
+    generators = {role: getattr(module, role) for role in ROLES if getattr(module, role, None) is not None}
+    return write_generators(
+        generators,
+        out_dir,
+        arch=module.generator_arch,
+        kwargs=module.generator_kwargs,
+        metadata=metadata.metadata,
+        extra={"epoch": int(module.current_epoch)},
+        log=log.info,
+    )
 
 
 def _log_wandb_artifacts(logger, exported: list[Path], samples_dir: Path) -> None:
@@ -132,7 +133,7 @@ def run_job(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from stylegan_transfer.sweeps import write_result
+    from stylegan_transfer.training.sweeps import write_result
 
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
@@ -170,7 +171,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     module = instantiate(cfg.model)
 
+    metadata = export_metadata(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += [RNGState(), metadata]  # exact resume and self-describing checkpoints, whatever the config
     uses_wandb = _prepare_wandb(cfg.get("logger"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(
@@ -184,7 +187,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         if trainer.is_global_zero and cfg.get("export", True) and not trainer.interrupted:
-            exported = export_generators(module, output_dir / "export", cfg)
+            exported = export_generators(module, output_dir / "export", metadata)
             if uses_wandb and logger:
                 _log_wandb_artifacts(logger, exported, output_dir / "samples")
             log.info(
@@ -205,4 +208,4 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-__all__ = ["DataError", "register_resolvers", "run_job", "train"]
+__all__ = ["DataError", "quiet_known_warnings", "register_resolvers", "run_job", "train"]

@@ -6,12 +6,16 @@ Each job folder gets `result.json` = {"status": "ok"|"failed", "overrides": [...
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from stylegan_transfer import atomic
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
@@ -55,12 +59,7 @@ def write_result(
         "metrics": metrics or {},
         "error": None if error is None else f"{type(error).__name__}: {error}",
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / RESULT_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
-    return path
+    return atomic.write_text(folder / RESULT_FILE, json.dumps(payload, indent=2))
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
@@ -152,7 +151,7 @@ def report(sweep_dir: str | Path) -> tuple[str, Path | None]:
     sweep_dir = Path(sweep_dir)
     jobs = read_results(sweep_dir)
     table = report_table(jobs)
-    (sweep_dir / "sweep_report.md").write_text(table + "\n")
+    atomic.write_text(sweep_dir / "sweep_report.md", table + "\n")
     png = report_plot(jobs, sweep_dir / "sweep_report.png")
     return table, png
 
@@ -175,3 +174,27 @@ class SweepSummary(_HydraCallback):
             log.info("plot: %s", png)
         if failed:
             log.warning("%d job(s) failed: %s", len(failed), ", ".join(j.folder.name for j in failed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`stylegan-sweep-report <sweep dir>`: the report of a finished (or partial) sweep, again."""
+    parser = argparse.ArgumentParser(
+        prog="stylegan-sweep-report",
+        description="Summarise a sweep: every job's swept overrides and metric, best first (failed jobs "
+        "last, with their error); writes sweep_report.md and sweep_report.png into the sweep folder.",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="the multirun folder (hydra.sweep.dir)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(
+            f"error: {args.sweep_dir} is not a folder; pass the multirun folder of a sweep", file=sys.stderr
+        )
+        return 2
+    table, png = report(args.sweep_dir)
+    print(table)
+    print(f"\nwritten: {args.sweep_dir / 'sweep_report.md'}" + (f", {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

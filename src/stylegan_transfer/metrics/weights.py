@@ -21,7 +21,6 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -30,7 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from stylegan_transfer.metrics import LPIPS, FIDInceptionV3, InceptionFeatures
+from stylegan_transfer.atomic import atomic_path
+from stylegan_transfer.metrics.scores import LPIPS, FIDInceptionV3, InceptionFeatures
 
 FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 LPIPS_LIN_URLS = {
@@ -82,17 +82,10 @@ def _digest(data: bytes, algorithm: str) -> str:
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, source: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
+    with atomic_path(path) as tmp:
         save_file(
             {k: v.detach().float().contiguous() for k, v in tensors.items()}, str(tmp), {"source": source}
         )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -4,14 +4,13 @@
   stylegan-eval model (--generator g_ab.safetensors | --checkpoint last.ckpt) --data ROOT [--json out.json]
   stylegan-eval weights [--import FILE ...]        # show / fill the weights cache (offline route)
 
-The protocol is in docs/evaluation.md. This module imports neither Lightning nor Hydra.
+The protocol is in docs/evaluation.md. Imports neither Lightning, Hydra nor wandb.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -24,17 +23,20 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from stylegan_transfer import metrics
-from stylegan_transfer.data import DataError, list_images, load_rgb, resolve_folders, to_image, to_tensor
-from stylegan_transfer.export import ExportError, load_generator
-from stylegan_transfer.metric_weights import (
+from stylegan_transfer import atomic
+from stylegan_transfer.datasets import DataError, domain_folders
+from stylegan_transfer.devices import pick_device
+from stylegan_transfer.images import list_images, load_rgb, save_image, to_tensor
+from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
+from stylegan_transfer.inference.generator_file import ExportError, load_generator
+from stylegan_transfer.metrics import scores as metrics
+from stylegan_transfer.metrics.weights import (
     MetricWeightsError,
     cache_dir,
     import_weights,
     load_inception_features,
     load_lpips,
 )
-from stylegan_transfer.networks import GENERATORS, build_generator
 
 
 class EvalError(RuntimeError):
@@ -92,31 +94,6 @@ def distribution_scores(
     }
 
 
-# --------------------------------------------------------------------------- generators
-def load_checkpoint_generator(path: str | Path, direction: str = "AtoB") -> nn.Module:
-    """g_ab (AtoB) or g_ba (BtoA) from a Lightning checkpoint, read with `weights_only=True`."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise EvalError(f"checkpoint {path} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise EvalError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}).") from err
-    hparams = checkpoint.get("hyper_parameters") or {}
-    spec = dict(hparams.get("generator") or {})
-    arch = spec.pop("arch", None)
-    if arch not in GENERATORS:
-        raise EvalError(f"{path} is not a stylegan-transfer CycleGAN checkpoint (generator arch {arch!r}).")
-    prefix = "g_ab." if direction == "AtoB" else "g_ba."
-    state = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    generator = build_generator(arch, **spec)
-    try:
-        generator.load_state_dict(state)
-    except RuntimeError as err:
-        raise EvalError(f"{path}: generator weights do not fit: {err}") from err
-    return generator.eval()
-
-
 def evaluate_translation(
     generator: nn.Module,
     inputs: Sequence[Path],
@@ -144,7 +121,7 @@ def evaluate_translation(
         for name, net in lpips_nets.items():
             lpips_values[name].append(float(net(real, fake)[0]))
         if save_dir is not None:
-            to_image(fake[0].cpu()).save(save_dir / f"{path.stem}.png")
+            save_image(fake[0].cpu(), save_dir / f"{path.stem}.png")
     features_fake = torch.cat(fake_features).numpy()
     features_real = metrics.extract_features(
         inception, inception_batches(targets, batch_size, "target"), device=device
@@ -178,10 +155,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -195,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
             "--inception-weights", type=Path, help="local FID Inception weights (see docs/evaluation.md)"
         )
         p.add_argument("--batch-size", type=int, default=16)
-        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
         p.add_argument("--kid-subsets", type=int, default=100)
         p.add_argument("--kid-subset-size", type=int, default=1000)
         p.add_argument("--seed", type=int, default=0)
@@ -214,7 +188,11 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--split", default="test")
     model.add_argument("--input-dir", type=Path, help="instead of --data: the images to translate")
     model.add_argument("--target-dir", type=Path, help="instead of --data: real images of the target domain")
-    model.add_argument("--direction", choices=("AtoB", "BtoA"), help="default: AtoB (g_ba exports: BtoA)")
+    model.add_argument(
+        "--role",
+        choices=("g_ab", "g_ba"),
+        help="which generator: A→B or B→A (default: the export's, else g_ab)",
+    )
     model.add_argument("--size", type=int, default=256, help="square resize of inputs; 0 keeps their size")
     model.add_argument("--lpips", default="vgg,alex", help="comma list of vgg, alex; empty for none")
     model.add_argument(
@@ -239,6 +217,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
             print(f"  {name:32s} {'present' if (folder / name).is_file() else 'missing'}")
         return None
 
+    args.device = str(pick_device(args.device))
     url_kwargs = {"url": None} if args.offline else {}
     started = time.perf_counter()
     inception = load_inception_features(args.inception_weights, **url_kwargs).to(args.device)
@@ -260,20 +239,20 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
     else:
         if args.generator is not None:
             generator = load_generator(args.generator)
-            role = generator.export_metadata.get("role", "g_ab")
-            direction = args.direction or ("BtoA" if role == "g_ba" else "AtoB")
+            role = args.role or generator.export_metadata.get("role", "g_ab")
             meta["generator"] = str(args.generator)
         else:
-            direction = args.direction or "AtoB"
-            generator = load_checkpoint_generator(args.checkpoint, direction)
+            role = args.role or "g_ab"
+            generator = generator_from_checkpoint(args.checkpoint, role)
             meta["checkpoint"] = str(args.checkpoint)
         if args.input_dir is not None or args.target_dir is not None:
             if args.input_dir is None or args.target_dir is None:
                 raise EvalError("give both --input-dir and --target-dir (or --data)")
             input_dir, target_dir = args.input_dir, args.target_dir
         elif args.data is not None:
-            dir_a, dir_b = resolve_folders(root=args.data, dir_a=None, dir_b=None, split=args.split)
-            input_dir, target_dir = (dir_a, dir_b) if direction == "AtoB" else (dir_b, dir_a)
+            input_dir, target_dir = domain_folders(
+                root=args.data, split=args.split, swap_domains=role == "g_ba"
+            )
         else:
             raise EvalError("say which images to translate: --data ROOT, or --input-dir and --target-dir")
         nets = [n for n in args.lpips.split(",") if n]
@@ -299,7 +278,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
             seed=args.seed,
         )
         meta |= {
-            "direction": direction,
+            "role": role,
             "input": str(input_dir),
             "target": str(target_dir),
             "size": args.size,

@@ -21,46 +21,21 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stylegan_transfer.images import (  # re-exported: data.load_rgb etc. are public names
+from stylegan_transfer.datasets import DataError, domain_folders
+from stylegan_transfer.images import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
     list_images,
     load_rgb,
-    pad_to_multiple,
-    probe_image,
     scan_images,
-    to_image,
     to_tensor,
 )
+from stylegan_transfer.networks import pad_to_multiple
 
 log = logging.getLogger(__name__)
 
 Preprocess = Literal["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"]
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
-
-
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "MAX_PIXELS",
-    "Augment",
-    "DataError",
-    "PairedEvalDataset",
-    "UnpairedDataModule",
-    "UnpairedDataset",
-    "UnpairedSampler",
-    "list_images",
-    "load_rgb",
-    "pad_to_multiple",
-    "probe_image",
-    "resolve_folders",
-    "scan_images",
-    "to_image",
-    "to_tensor",
-]
-
-
-class DataError(RuntimeError):
-    """A dataset folder is missing, empty or unusable; the message says which and what to do."""
 
 
 # Modes whose variable output sizes cannot be stacked into batches larger than one.
@@ -73,8 +48,9 @@ class Augment:
 
     resize_and_crop: resize to load_size², random crop_size² crop.  crop: random crop at full size.
     scale_width: width -> load_size (height in proportion, at least crop_size).  scale_width_and_crop:
-    that, then a random crop.  none: keep the size, pad (mirror) to a multiple of 4.  Images smaller
-    than a crop are first enlarged to fit it.  `flip`: random horizontal flip.
+    that, then a random crop.  none: keep the size, pad to a multiple of 4 (`networks.pad_to_multiple`, the
+    one border mode of the package).  Images smaller than a crop are first enlarged to fit it.  `flip`:
+    random horizontal flip.  Returns (3, H, W) in [-1, 1].
     """
 
     preprocess: Preprocess = "resize_and_crop"
@@ -97,7 +73,7 @@ class Augment:
             return self.load_size
         return None  # crop / none work at the original resolution
 
-    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         w, h = image.size
         if self.preprocess == "resize_and_crop":
             new_w, new_h = self.load_size, self.load_size
@@ -117,13 +93,14 @@ class Augment:
                 sx, sy = w / new_w, h / new_h
                 box = (x * sx, y * sy, (x + self.crop_size) * sx, (y + self.crop_size) * sy)
                 image = image.resize((self.crop_size, self.crop_size), Image.BICUBIC, box=box)
-        else:  # scale_width / none: pad to a multiple of 4 for the generator's two downsamplings
-            if (new_w, new_h) != (w, h):
-                image = image.resize((new_w, new_h), Image.BICUBIC)
-            image = pad_to_multiple(image, 4)
+        elif (new_w, new_h) != (w, h):  # scale_width / none
+            image = image.resize((new_w, new_h), Image.BICUBIC)
+        x = to_tensor(image)  # (3, H, W)
+        if self.preprocess in VARIABLE_SIZE_MODES:  # the generator's two downsamplings need multiples of 4
+            x = pad_to_multiple(x, 4)
         if self.flip and rng.random() < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return image
+            x = x.flip(-1)
+        return x
 
 
 class UnpairedDataset(Dataset):
@@ -171,7 +148,7 @@ class UnpairedDataset(Dataset):
                     "skipping %s: %s: %s (using the next image instead)", path, type(err).__name__, err
                 )
                 continue
-            return to_tensor(self.augment(image, rng))
+            return self.augment(image, rng)
         raise DataError(f"no readable image among {len(files)} files (first: {files[0]})")
 
     def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
@@ -240,22 +217,6 @@ class PairedEvalDataset(Dataset):
         }
 
 
-def resolve_folders(
-    *, root: str | Path | None, dir_a: str | Path | None, dir_b: str | Path | None, split: str
-) -> tuple[Path, Path]:
-    """Folders for domains A and B: explicit `dir_a`/`dir_b`, else `root/{split}A` and `root/{split}B`."""
-    if dir_a is not None or dir_b is not None:
-        if dir_a is None or dir_b is None:
-            raise DataError("give both data.dir_a and data.dir_b (or neither, and data.root)")
-        return Path(dir_a).expanduser(), Path(dir_b).expanduser()
-    if root is None:
-        raise DataError(
-            "no data given: set data.root to a CycleGAN-layout folder or data.dir_a and data.dir_b"
-        )
-    root = Path(root).expanduser()
-    return root / f"{split}A", root / f"{split}B"
-
-
 class UnpairedDataModule(L.LightningDataModule):
     """Two image folders (CycleGAN layout `trainA/ trainB/ testA/ testB/`, or two explicit folders).
 
@@ -270,7 +231,7 @@ class UnpairedDataModule(L.LightningDataModule):
         root: str | None = None,
         dir_a: str | None = None,
         dir_b: str | None = None,
-        direction: Literal["AtoB", "BtoA"] = "AtoB",
+        swap_domains: bool = False,
         preprocess: Preprocess = "resize_and_crop",
         load_size: int = 286,
         crop_size: int = 256,
@@ -286,10 +247,8 @@ class UnpairedDataModule(L.LightningDataModule):
         max_pixels: int = MAX_PIXELS,
     ) -> None:
         super().__init__()
-        if direction not in ("AtoB", "BtoA"):
-            raise ValueError(f"direction must be AtoB or BtoA, not {direction!r}")
         self.root, self.dir_a, self.dir_b = root, dir_a, dir_b
-        self.direction = direction
+        self.swap_domains = bool(swap_domains)
         self.augment = Augment(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip)
         if preprocess in VARIABLE_SIZE_MODES and batch_size != 1:
             raise ValueError(
@@ -306,10 +265,20 @@ class UnpairedDataModule(L.LightningDataModule):
         self._scanned: dict[Path, list[Path]] = {}
 
     def _folders(self, split: str) -> tuple[Path, Path]:
-        folder_a, folder_b = resolve_folders(root=self.root, dir_a=self.dir_a, dir_b=self.dir_b, split=split)
-        if self.direction == "BtoA":
-            folder_a, folder_b = folder_b, folder_a
-        return folder_a, folder_b
+        return domain_folders(
+            root=self.root, dir_a=self.dir_a, dir_b=self.dir_b, split=split, swap_domains=self.swap_domains
+        )
+
+    def evaluation_files(self, count: int) -> tuple[list[Path], list[Path]]:
+        """The first `count` images of domains A and B: the test split if present, else the training folders."""
+        explicit = self.dir_a is not None
+        for split in ("train",) if explicit else ("test", "train"):
+            folder_a, folder_b = self._folders(split)
+            files_a = list_images(folder_a) if folder_a.is_dir() else []
+            files_b = list_images(folder_b) if folder_b.is_dir() else []
+            if len(files_a) >= 2 and len(files_b) >= 2:
+                return files_a[:count], files_b[:count]
+        raise DataError("evaluation needs at least 2 images in each domain")
 
     def _scan(self, folder: Path, label: str) -> list[Path]:
         if folder not in self._scanned:
@@ -349,7 +318,7 @@ class UnpairedDataModule(L.LightningDataModule):
             return
         if not self.dataset:
             raise DataError("data.download=true needs a dataset name (style.dataset), e.g. style=vangogh")
-        from stylegan_transfer.datasets import DownloadError, download_dataset
+        from stylegan_transfer.datasets import DownloadError, download_dataset  # only when downloading
 
         try:
             download_dataset(self.dataset, target=Path(self.root).expanduser())

@@ -1,7 +1,7 @@
 """ONNX and torch.export (.pt2) outputs of a generator, each checked against eager PyTorch when written.
 
 Both take any batch, height and width (>= MIN_SIZE): the exported graph pads H and W to the
-generator's size multiple and crops the result back (`export.PaddedGenerator`). After writing, the
+generator's size multiple and crops the result back (`networks.PaddedGenerator`). After writing, the
 file is loaded back (onnxruntime / `torch.export.load`) and run on random inputs of several sizes,
 odd ones included; a difference above `atol` raises ParityError and the file is not kept.
 ONNX needs the optional extra: `pip install "stylegan-transfer[export]"`.
@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stylegan_transfer.export import PaddedGenerator
+from stylegan_transfer.atomic import atomic_path
+from stylegan_transfer.networks import PaddedGenerator
 
 # (batch, height, width) of the parity inputs: odd, non-square and multiple-of-4 sizes.
 CHECK_SIZES: tuple[tuple[int, int, int], ...] = ((1, 37, 53), (3, 64, 64), (2, 29, 96))
@@ -56,11 +57,9 @@ def _inputs(sizes: Sequence[tuple[int, int, int]], multiple: int) -> list[torch.
     ]
 
 
-def _commit(tmp: Path, path: Path, diff: float, atol: float, what: str) -> float:
+def _check(diff: float, atol: float, what: str) -> float:
     if not diff <= atol:  # also catches NaN
-        tmp.unlink(missing_ok=True)
         raise ParityError(f"{what} output differs from eager PyTorch by {diff:.3e} > atol {atol:.1e}")
-    tmp.replace(path)
     return diff
 
 
@@ -78,17 +77,16 @@ def export_pt2(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = PaddedGenerator(generator.eval(), multiple).eval()
     program = torch.export.export(model, (_example(multiple),), dynamic_shapes=_dynamic_shapes(multiple))
-    tmp = path.with_name(path.stem + ".tmp.pt2")
-    torch.export.save(program, str(tmp))
-    loaded = torch.export.load(str(tmp)).module()
-    diff = 0.0
-    for x in _inputs(check_sizes, multiple):
-        out = loaded(x)
-        if out.shape != x.shape:
-            tmp.unlink(missing_ok=True)
-            raise ParityError(f"torch.export output shape {tuple(out.shape)} != input {tuple(x.shape)}")
-        diff = max(diff, (out - model(x)).abs().max().item())
-    return _commit(tmp, path, diff, atol, "torch.export")
+    with atomic_path(path) as tmp:  # kept only when the parity check passes
+        torch.export.save(program, str(tmp))
+        loaded = torch.export.load(str(tmp)).module()
+        diff = 0.0
+        for x in _inputs(check_sizes, multiple):
+            out = loaded(x)
+            if out.shape != x.shape:
+                raise ParityError(f"torch.export output shape {tuple(out.shape)} != input {tuple(x.shape)}")
+            diff = max(diff, (out - model(x)).abs().max().item())
+        return _check(diff, atol, "torch.export")
 
 
 def _onnxruntime():
@@ -118,27 +116,26 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = PaddedGenerator(generator.eval(), multiple).eval()
-    tmp = path.with_name(path.name + ".tmp.onnx")
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
-        torch.onnx.export(
-            model,
-            (_example(multiple),),
-            str(tmp),
-            dynamo=True,
-            dynamic_shapes=_dynamic_shapes(multiple),
-            input_names=["image"],
-            output_names=["output"],
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-        )
-    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    diff = 0.0
-    for x in _inputs(check_sizes, multiple):
-        out = session.run(None, {name: x.numpy()})[0]
-        if tuple(out.shape) != tuple(x.shape):
-            tmp.unlink(missing_ok=True)
-            raise ParityError(f"ONNX output shape {tuple(out.shape)} != input {tuple(x.shape)}")
-        diff = max(diff, float(abs(torch.from_numpy(out) - model(x)).max()))
-    return _commit(tmp, path, diff, atol, "ONNX")
+    with atomic_path(path) as tmp:  # kept only when the parity check passes
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
+            torch.onnx.export(
+                model,
+                (_example(multiple),),
+                str(tmp),
+                dynamo=True,
+                dynamic_shapes=_dynamic_shapes(multiple),
+                input_names=["image"],
+                output_names=["output"],
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        diff = 0.0
+        for x in _inputs(check_sizes, multiple):
+            out = session.run(None, {name: x.numpy()})[0]
+            if tuple(out.shape) != tuple(x.shape):
+                raise ParityError(f"ONNX output shape {tuple(out.shape)} != input {tuple(x.shape)}")
+            diff = max(diff, float(abs(torch.from_numpy(out) - model(x)).max()))
+        return _check(diff, atol, "ONNX")

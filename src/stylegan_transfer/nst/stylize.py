@@ -1,12 +1,9 @@
-"""Gatys-style neural style transfer by optimising the pixels of one image (API and `stylegan-stylize` CLI).
-
-    stylegan-stylize --content photo.jpg --style painting.jpg --output out.png
-    python -m stylegan_transfer.stylize --content c.jpg --style s1.jpg --style s2.jpg --style-weights 0.7,0.3 ...
+"""Gatys-style neural style transfer by optimising the pixels of one image (the CLI is `nst.cli`).
 
 Loss = content_weight · content + style_weight · Σ_l w_l · style_l + tv_weight · TV, on VGG19 features
 (content relu4_2; style relu1_1 … relu5_1). Style is a Gram-matrix distance (Gatys et al. 2016) or an MMD with
 a linear, polynomial or Gaussian kernel (Li et al. 2017; the degree-2 polynomial kernel with offset 0 *is* the
-Gram loss, see `losses`). Each term is divided by a constant of its target (content: mean F_c²; Gram:
+Gram loss, see `nst.mmd`). Each term is divided by a constant of its target (content: mean F_c²; Gram:
 ||G_s||²; MMD: the style's kernel self-similarity), so the default weights do not depend on the scale of the
 VGG weights in use (torchvision's and the original Caffe VGG19's features differ by orders of magnitude).
 
@@ -15,7 +12,6 @@ Knows nothing of Hydra or Lightning.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -29,68 +25,16 @@ from PIL import Image
 from torch import nn
 
 from stylegan_transfer import losses
-from stylegan_transfer.images import load_rgb, to_image, to_tensor
-from stylegan_transfer.perceptual import VGGFeatures, VGGWeightsError, load_vgg_features
+from stylegan_transfer.images import load_rgb, resize_long_side, to_tensor
+from stylegan_transfer.nst import mmd
+from stylegan_transfer.nst.color import combine_luminance, luminance_image, match_color_statistics
+from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS, VGGFeatures
 
 ColorMode = Literal["none", "luminance", "histogram"]
-STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-CONTENT_LAYERS = ("relu4_2",)
 
 
 class StylizeError(RuntimeError):
     """Bad input for stylisation (unreadable image, inconsistent options); the message says what to fix."""
-
-
-# ----------------------------------------------------------------------------- colour handling
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-
-
-def rgb_to_yiq(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [-1, 1] -> YIQ of the [0, 1] image (Y in [0, 1])."""
-    x01 = (images.float() + 1) / 2
-    return torch.einsum("ij,bjhw->bihw", _RGB_TO_YIQ.to(images.device), x01)
-
-
-def yiq_to_rgb(yiq: torch.Tensor) -> torch.Tensor:
-    """Inverse of `rgb_to_yiq`: back to RGB in [-1, 1] (not clamped)."""
-    inverse = torch.linalg.inv(_RGB_TO_YIQ).to(yiq.device)
-    return torch.einsum("ij,bjhw->bihw", inverse, yiq) * 2 - 1
-
-
-def luminance_image(images: torch.Tensor, *, like: torch.Tensor | None = None) -> torch.Tensor:
-    """Grey RGB image of the luminance; with `like`, Y's mean and std are matched to `like`'s (Gatys 2016)."""
-    y = rgb_to_yiq(images)[:, :1]  # (B, 1, H, W)
-    if like is not None:
-        ref = rgb_to_yiq(like)[:, :1]
-        y = (y - y.mean()) / y.std().clamp_min(1e-6) * ref.std() + ref.mean()
-    return (y * 2 - 1).expand(-1, 3, -1, -1).contiguous()  # (B, 3, H, W)
-
-
-def combine_luminance(stylised: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """Y of `stylised` with I and Q (the chrominance) of `content`; both (B, 3, H, W) in [-1, 1]."""
-    y = rgb_to_yiq(stylised)[:, :1]
-    iq = rgb_to_yiq(content)[:, 1:]
-    return yiq_to_rgb(torch.cat([y, iq], dim=1)).clamp(-1, 1)
-
-
-def _sym_power(cov: torch.Tensor, power: float) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(cov)
-    return vectors @ torch.diag(values.clamp_min(1e-8) ** power) @ vectors.T
-
-
-def match_color_statistics(source: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Affine colour transfer: `source`'s pixels get `reference`'s RGB mean and covariance (Gatys et al. 2017).
-
-    x' = Σ_r^½ Σ_s^-½ (x - μ_s) + μ_r, with symmetric matrix square roots. Both (1, 3, H, W) in [-1, 1].
-    """
-    src = source.float().reshape(3, -1)
-    ref = reference.float().reshape(3, -1)
-    mu_s, mu_r = src.mean(1, keepdim=True), ref.mean(1, keepdim=True)
-    cov_s = torch.cov(src) + 1e-5 * torch.eye(3)
-    cov_r = torch.cov(ref) + 1e-5 * torch.eye(3)
-    transform = _sym_power(cov_r, 0.5) @ _sym_power(cov_s, -0.5)
-    out = transform @ (src - mu_s) + mu_r
-    return out.reshape(source.shape).clamp(-1, 1)
 
 
 # ----------------------------------------------------------------------------- images
@@ -105,26 +49,6 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise StylizeError(f"could not read image {path} ({err}); give a JPEG/PNG/... image file.") from err
 
 
-def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
-    """Resize (antialiased bicubic) so the longer side is `long_side`, both sides rounded to multiples of 4."""
-    h, w = image.shape[-2:]
-    scale = long_side / max(h, w)
-    size = (max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4))
-    if size == (h, w):
-        return image
-    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
-
-
-def save_image(image: torch.Tensor, path: str | Path) -> Path:
-    """Write (1, 3, H, W) in [-1, 1] atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    to_image(image[0]).save(tmp)
-    tmp.replace(path)
-    return path
-
-
 # ----------------------------------------------------------------------------- the optimisation
 @dataclass
 class StyleSettings:
@@ -137,7 +61,7 @@ class StyleSettings:
     style_layers: Sequence[str] = STYLE_LAYERS
     style_layer_weights: Sequence[float] | None = None  # per style layer; default equal, summing to 1
     style_loss: Literal["gram", "mmd"] = "gram"
-    kernel: losses.Kernel = "poly"
+    kernel: mmd.Kernel = "poly"
     degree: int = 2
     offset: float = 0.0
     bandwidth: float | None = None  # Gaussian σ; None = per layer from the style (median heuristic)
@@ -156,8 +80,8 @@ class StyleSettings:
 def _check(settings: StyleSettings, n_styles: int, style_weights: Sequence[float] | None) -> list[float]:
     if settings.style_loss not in ("gram", "mmd"):
         raise StylizeError(f"unknown style loss {settings.style_loss!r}; choose gram or mmd")
-    if settings.kernel not in losses.KERNELS:
-        raise StylizeError(f"unknown kernel {settings.kernel!r}; choose one of {losses.KERNELS}")
+    if settings.kernel not in mmd.KERNELS:
+        raise StylizeError(f"unknown kernel {settings.kernel!r}; choose one of {mmd.KERNELS}")
     if settings.optimizer not in ("lbfgs", "adam"):
         raise StylizeError(f"unknown optimizer {settings.optimizer!r}; choose lbfgs or adam")
     if settings.init not in ("content", "noise", "style"):
@@ -227,19 +151,19 @@ class StyleObjective(nn.Module):
             return max(float((self.target_grams[layer] ** 2).sum()), 1e-12)
         # the style's kernel self-similarity Σ_kl w_k w_l mean k(s_k, s_l): MMD² against an all-zero image
         # would be this for the linear and polynomial (offset 0) kernels
-        samples = [losses.feature_samples(t) for t in self.style_targets[layer]]
+        samples = [mmd.feature_samples(t) for t in self.style_targets[layer]]
         limit = self.settings.max_samples
         if limit is not None:
             samples = [s[torch.randperm(s.shape[0], generator=self.generator)[:limit]] for s in samples]
         kw = self._mmd_kwargs()
         if kw["kernel"] == "gaussian" and kw["bandwidth"] is None:
-            kw["bandwidth"] = losses.median_bandwidth(samples[0])
+            kw["bandwidth"] = mmd.median_bandwidth(samples[0])
         kw["bandwidth"] = kw["bandwidth"] or 1.0
         if kw["kernel"] == "linear":
             mix = sum(w * s.mean(0) for w, s in zip(self.style_weights, samples, strict=True))
             return max(float((mix**2).sum()), 1e-12)
         total = sum(
-            wk * wl * float(losses.kernel_matrix(sk, sl, **kw).mean())
+            wk * wl * float(mmd.kernel_matrix(sk, sl, **kw).mean())
             for wk, sk in zip(self.style_weights, samples, strict=True)
             for wl, sl in zip(self.style_weights, samples, strict=True)
         )
@@ -258,7 +182,7 @@ class StyleObjective(nn.Module):
             if s.style_loss == "gram":
                 term = losses.gram_distance(f, self.target_grams[i])
             else:
-                term = losses.mmd_style_loss(
+                term = mmd.mmd_style_loss(
                     [f],
                     [self.style_targets[i]],
                     self.style_weights,
@@ -381,135 +305,3 @@ def _optimise(
         if callback is not None:
             callback(scale_index, iteration, pixels.detach().clamp(-1, 1), last)
     return pixels.detach()
-
-
-# ----------------------------------------------------------------------------- CLI
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
-
-
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = StyleSettings()
-    p = argparse.ArgumentParser(
-        prog="stylegan-stylize",
-        description="Neural style transfer by optimisation (Gatys et al.), Gram or MMD style loss.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--content", required=True, help="content photo")
-    p.add_argument("--style", action="append", required=True, help="style image (repeat to blend styles)")
-    p.add_argument("--style-weights", type=_floats, help="blend weights, one per --style, e.g. 0.7,0.3")
-    p.add_argument("--output", required=True, help="output image (.png, .jpg)")
-    p.add_argument(
-        "--size", type=int, default=512, help="long side of the output (when --scales is not given)"
-    )
-    p.add_argument(
-        "--scales", type=_ints, help="coarse-to-fine long sides, e.g. 256,512 (last = output size)"
-    )
-    p.add_argument(
-        "--style-scale", type=float, default=d.style_scale, help="style size relative to the output"
-    )
-    p.add_argument("--iterations", type=int, default=d.iterations, help="iterations per scale")
-    p.add_argument("--optimizer", choices=["lbfgs", "adam"], default=d.optimizer)
-    p.add_argument("--lr", type=float, help="step size (default 1.0 for lbfgs, 0.02 for adam)")
-    p.add_argument("--init", choices=["content", "noise", "style"], default=d.init)
-    p.add_argument("--content-weight", type=float, default=d.content_weight)
-    p.add_argument("--style-weight", type=float, default=d.style_weight)
-    p.add_argument("--tv-weight", type=float, default=d.tv_weight)
-    p.add_argument("--content-layers", type=_names, default=list(d.content_layers))
-    p.add_argument("--style-layers", type=_names, default=list(d.style_layers))
-    p.add_argument("--style-layer-weights", type=_floats, help="one per style layer (default equal)")
-    p.add_argument("--style-loss", choices=["gram", "mmd"], default=d.style_loss)
-    p.add_argument("--kernel", choices=list(losses.KERNELS), default=d.kernel, help="MMD kernel")
-    p.add_argument("--degree", type=int, default=d.degree, help="polynomial kernel degree")
-    p.add_argument("--offset", type=float, default=d.offset, help="polynomial kernel offset c in (x·y + c)^d")
-    p.add_argument("--bandwidth", type=float, help="Gaussian kernel σ (default: median heuristic per layer)")
-    p.add_argument("--max-samples", type=int, default=d.max_samples, help="MMD positions sampled per layer")
-    p.add_argument("--preserve-color", choices=["none", "luminance", "histogram"], default=d.preserve_color)
-    p.add_argument("--save-every", type=int, default=0, help="write an intermediate image every N iterations")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--vgg-weights", help="local VGG19 weights (torchvision state dict or quantised Caffe .bin)"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    lr = args.lr if args.lr is not None else (1.0 if args.optimizer == "lbfgs" else 0.02)
-    settings = StyleSettings(
-        content_weight=args.content_weight,
-        style_weight=args.style_weight,
-        tv_weight=args.tv_weight,
-        content_layers=args.content_layers,
-        style_layers=args.style_layers,
-        style_layer_weights=args.style_layer_weights,
-        style_loss=args.style_loss,
-        kernel=args.kernel,
-        degree=args.degree,
-        offset=args.offset,
-        bandwidth=args.bandwidth,
-        max_samples=args.max_samples,
-        optimizer=args.optimizer,
-        iterations=args.iterations,
-        lr=lr,
-        init=args.init,
-        scales=args.scales or [args.size],
-        style_scale=args.style_scale,
-        preserve_color=args.preserve_color,
-        seed=args.seed,
-    )
-    output = Path(args.output)
-    try:
-        if output.suffix.lower() not in Image.registered_extensions():
-            raise StylizeError(f"output {output} has no known image extension; use .png or .jpg")
-        content = read_image(args.content)
-        styles = [read_image(path) for path in args.style]
-        features = load_vgg_features("vgg19", weights_path=args.vgg_weights)
-        torch.manual_seed(args.seed)
-
-        def save_intermediate(scale_index: int, iteration: int, image: torch.Tensor, _terms) -> None:
-            if args.save_every and iteration % args.save_every == 0:
-                tag = f"_s{scale_index}" if len(settings.scales) > 1 else ""
-                save_image(image, output.with_name(f"{output.stem}{tag}_{iteration:04d}{output.suffix}"))
-
-        image, history = stylize(
-            content,
-            styles,
-            features,
-            settings=settings,
-            style_weights=args.style_weights,
-            device=device,
-            callback=save_intermediate if args.save_every else None,
-            progress=not args.no_progress,
-        )
-        save_image(image, output)
-    except (StylizeError, VGGWeightsError) as err:
-        print(f"stylegan-stylize: error: {err}", file=sys.stderr)
-        return 2
-    last = history[-1]
-    print(
-        f"wrote {output} ({image.shape[-1]}x{image.shape[-2]}); final loss {last['total']:.4g} "
-        f"(content {last['content']:.4g}, style {last['style']:.4g}, tv {last['tv']:.4g})"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

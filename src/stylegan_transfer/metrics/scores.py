@@ -29,6 +29,9 @@ from torchvision.models.inception import (
     InceptionE,
 )
 
+from stylegan_transfer.inference.generator_file import generator_multiple
+from stylegan_transfer.networks import PaddedGenerator
+
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 
@@ -340,12 +343,10 @@ class LPIPS(nn.Module):
 
 
 @torch.no_grad()
-def run_generator(generator: nn.Module, images: torch.Tensor, *, multiple: int = 4) -> torch.Tensor:
-    """Translate (B, 3, H, W) images in [-1, 1]: reflect-pad H and W to a multiple of `multiple`, crop back."""
-    height, width = images.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    x = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else images
-    return generator(x)[..., :height, :width].clamp(-1, 1)  # (B, 3, H, W)
+def run_generator(generator: nn.Module, images: torch.Tensor, *, multiple: int | None = None) -> torch.Tensor:
+    """Translate (B, 3, H, W) images in [-1, 1] at any size (padded to the generator's multiple, cropped)."""
+    multiple = multiple or generator_multiple(generator)
+    return PaddedGenerator(generator, multiple)(images).clamp(-1, 1)  # (B, 3, H, W)
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float]:

@@ -1,0 +1,7 @@
+"""Running trained generators without the training stack: the generator file format, the one checkpoint
+reader, exports (safetensors, ONNX, torch.export), tiling and translation (API and CLI)."""
+
+from stylegan_transfer.inference.generator_file import ExportError, load_generator, read_metadata
+from stylegan_transfer.inference.translate import translate, translate_tensor
+
+__all__ = ["ExportError", "load_generator", "read_metadata", "translate", "translate_tensor"]

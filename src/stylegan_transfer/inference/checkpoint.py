@@ -1,0 +1,108 @@
+"""The one reader of training checkpoints outside the training stack (no Lightning import).
+
+A checkpoint is read with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects. What
+export needs beyond the weights (style, domain names, preprocessing, training size) was written into the
+checkpoint at train time under `EXPORT_METADATA_KEY`; no Hydra folder is ever parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from stylegan_transfer.inference.generator_file import ExportError
+from stylegan_transfer.networks import GENERATORS, build_generator, size_multiple
+
+# Generator roles: name -> (source domain, target domain).
+ROLES = {"g_ab": ("a", "b"), "g_ba": ("b", "a")}
+# Checkpoint key holding plain export metadata (style, domain_a, domain_b, preprocess, train_size).
+EXPORT_METADATA_KEY = "export_metadata"
+
+
+@dataclass
+class CheckpointGenerators:
+    """The generators of one checkpoint: architecture, constructor arguments, weights per role."""
+
+    path: Path
+    arch: str
+    kwargs: dict[str, Any]
+    states: dict[str, dict[str, torch.Tensor]]
+    epoch: int = 0
+    global_step: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)  # written at train time; may be empty
+
+    def build(self, role: str = "g_ab") -> nn.Module:
+        """Rebuild one generator (eval mode), with `.export_metadata` giving its size multiple."""
+        if role not in self.states:
+            raise ExportError(f"{self.path} has no {role} weights; it has {sorted(self.states)}")
+        try:
+            generator = build_generator(self.arch, **self.kwargs)
+            generator.load_state_dict(self.states[role])
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ExportError(
+                f"{self.path}: {role} weights do not fit {self.arch}{self.kwargs}: {err}"
+            ) from err
+        generator.export_metadata = {
+            "arch": self.arch,
+            "kwargs": self.kwargs,
+            "size_multiple": size_multiple(self.arch, self.kwargs),
+        }
+        return generator.eval()
+
+    def domain(self, which: str) -> str:
+        """Human name of domain "a" or "b" (from the training run), else "A" / "B"."""
+        return str(self.metadata.get(f"domain_{which}") or which.upper())
+
+
+def read_checkpoint(path: str | Path) -> CheckpointGenerators:
+    """Read a training checkpoint's generators; every problem is an ExportError naming the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ExportError(
+            f"checkpoint {path} does not exist; give a .ckpt file (e.g. <run>/checkpoints/last.ckpt)"
+        )
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for corrupt/foreign files
+        raise ExportError(
+            f"{path} is not a readable Lightning checkpoint ({type(err).__name__}: {err}). "
+            "Give a .ckpt written by `train.py` (or a .safetensors export)."
+        ) from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ExportError(f"{path} is not a Lightning checkpoint (no 'state_dict').")
+    hparams = ckpt.get("hyper_parameters") or {}
+    gen = hparams.get("generator") if isinstance(hparams, dict) else None
+    if not isinstance(gen, dict) or not isinstance(gen.get("arch"), str):
+        raise ExportError(
+            f"{path} has no generator hyper-parameters ('hyper_parameters.generator.arch'); "
+            "it was not written by stylegan-transfer's training."
+        )
+    if gen["arch"] not in GENERATORS:
+        raise ExportError(f"{path}: unknown generator arch {gen['arch']!r}; known: {sorted(GENERATORS)}")
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for role in ROLES:
+        prefix = role + "."
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if state:
+            states[role] = state
+    if not states:
+        raise ExportError(f"{path} holds no g_ab.* or g_ba.* weights.")
+    metadata = ckpt.get(EXPORT_METADATA_KEY) or {}
+    return CheckpointGenerators(
+        path=path,
+        arch=gen["arch"],
+        kwargs={k: v for k, v in gen.items() if k != "arch"},
+        states=states,
+        epoch=int(ckpt.get("epoch", 0)),
+        global_step=int(ckpt.get("global_step", 0)),
+        metadata=dict(metadata) if isinstance(metadata, dict) else {},
+    )
+
+
+def generator_from_checkpoint(path: str | Path, role: str = "g_ab") -> nn.Module:
+    """Rebuild one generator (eval mode) straight from a training checkpoint."""
+    return read_checkpoint(path).build(role)

@@ -1,0 +1,173 @@
+"""Translate images of any size in overlapping tiles with results consistent across tile borders.
+
+Instance normalisation would otherwise normalise every tile with its own statistics and make neighbouring
+tiles visibly inconsistent, so the statistics of every InstanceNorm layer are first recorded on one pass over
+a downscaled copy of the whole image and then used, fixed, for every tile; tiles sit on the network's stride
+grid and are blended with a raised-cosine window. The same held statistics keep video frames consistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stylegan_transfer.inference.generator_file import generator_multiple
+from stylegan_transfer.networks import PaddedGenerator
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision on accelerators; a no-op for fp32 and on the CPU."""
+    if dtype == torch.float32 or device.type == "cpu":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- instance-norm statistics
+def _instance_norms(generator: nn.Module) -> list[nn.InstanceNorm2d]:
+    return [m for m in generator.modules() if isinstance(m, nn.InstanceNorm2d)]
+
+
+@torch.no_grad()
+def record_instance_norm_stats(
+    generator: nn.Module, x: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Run `generator` on `x` (1, C, H, W) and return each InstanceNorm layer's (mean, var) per channel."""
+    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(_module, inputs, _output):
+        features = inputs[0].float()  # (1, C, H, W)
+        var, mean = torch.var_mean(features, dim=(2, 3), unbiased=False)  # (1, C) each
+        stats.append((mean.cpu(), var.cpu()))
+
+    handles = [m.register_forward_hook(hook) for m in _instance_norms(generator)]
+    try:
+        PaddedGenerator(generator, generator_multiple(generator))(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+@contextlib.contextmanager
+def fixed_instance_norm_stats(
+    generator: nn.Module, stats: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> Iterator[None]:
+    """Within the block, every InstanceNorm layer normalises with the given (mean, var), not its input's."""
+    norms = _instance_norms(generator)
+    if len(norms) != len(stats):
+        raise ValueError(
+            f"got statistics for {len(stats)} InstanceNorm layers, the generator has {len(norms)}"
+        )
+
+    def fixed_forward(module: nn.InstanceNorm2d, mean: torch.Tensor, var: torch.Tensor):
+        def forward(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+            m = mean.to(x.device, torch.float32)[:, :, None, None]  # (1, C, 1, 1)
+            v = var.to(x.device, torch.float32)[:, :, None, None]
+            y = (x.float() - m) * torch.rsqrt(v + module.eps)
+            if module.affine:
+                y = y * module.weight[None, :, None, None] + module.bias[None, :, None, None]
+            return y.to(x.dtype)
+
+        return forward
+
+    for module, (mean, var) in zip(norms, stats, strict=True):
+        module.forward = fixed_forward(module, mean, var)
+    try:
+        yield
+    finally:
+        for module in norms:
+            del module.forward  # back to the class's forward
+
+
+# ----------------------------------------------------------------------------- tiling
+def _spans(length: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int]]:
+    """(start, size) of tiles along one axis. Starts are multiples of `multiple` so that every tile sits
+    on the same stride grid as the whole image (a strided network is not shift-equivariant)."""
+    if length <= tile:
+        return [(0, length)]
+    step = max(multiple, (tile - overlap) // multiple * multiple)
+    last = (length - tile) // multiple * multiple
+    return [(start, tile) for start in range(0, last, step)] + [(last, length - last)]
+
+
+def _ramp(length: int, overlap: int, *, start_edge: bool, end_edge: bool) -> torch.Tensor:
+    """1-D blending weights of one tile. At an edge shared with a neighbour, the outer quarter of the
+    overlap gets weight 0 (it sees the tile border through the receptive field), the middle half a
+    raised-cosine ramp (which sums to 1 with the neighbour's), the rest 1."""
+    weights = torch.ones(length, dtype=torch.float32)
+    margin, ramp_len = overlap // 4, overlap - 2 * (overlap // 4)
+    if ramp_len > 0 and length >= 2 * overlap:
+        t = (torch.arange(ramp_len, dtype=torch.float32) + 0.5) / ramp_len
+        ramp = torch.cat([torch.zeros(margin), 0.5 - 0.5 * torch.cos(math.pi * t)])  # (margin + ramp_len,)
+        if not start_edge:
+            weights[: len(ramp)] = ramp
+        if not end_edge:
+            weights[length - len(ramp) :] = ramp.flip(0)
+    return weights
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    tile: int = 512
+    overlap: int = 128
+    consistent: bool = True  # fixed instance-norm statistics from a downscaled pass
+    stats_size: int = 1024  # longest side of the copy the statistics are computed on
+
+
+@torch.no_grad()
+def translate_tiled(
+    generator: nn.Module,
+    x: torch.Tensor,
+    options: TileOptions,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = False,
+) -> torch.Tensor:
+    _, _, height, width = x.shape  # x: (1, 3, H, W) on the CPU
+    multiple = generator_multiple(generator)
+    tile = max(multiple, options.tile // multiple * multiple)
+    overlap = min(max(0, options.overlap), tile // 2)
+    model = PaddedGenerator(generator, multiple)
+    context: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if options.consistent and _instance_norms(generator):
+        scale = min(1.0, options.stats_size / max(height, width))
+        small = x
+        if scale < 1.0:
+            size = (max(multiple, round(height * scale)), max(multiple, round(width * scale)))
+            small = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        with autocast(device, dtype):
+            stats = record_instance_norm_stats(generator, small.to(device))
+        del small
+        context = fixed_instance_norm_stats(generator, stats)
+    out = torch.zeros(1, 3, height, width, dtype=torch.float32)  # (1, 3, H, W) weighted sum
+    weight = torch.zeros(1, 1, height, width, dtype=torch.float32)  # (1, 1, H, W)
+    ys, xs = _spans(height, tile, overlap, multiple), _spans(width, tile, overlap, multiple)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(ys) * len(xs), desc="tiles", leave=False, unit="tile")
+    with context:
+        for y0, th in ys:
+            wy = _ramp(th, overlap, start_edge=y0 == 0, end_edge=y0 + th >= height)
+            for x0, tw in xs:
+                wx = _ramp(tw, overlap, start_edge=x0 == 0, end_edge=x0 + tw >= width)
+                piece = x[:, :, y0 : y0 + th, x0 : x0 + tw].to(device)  # (1, 3, th, tw)
+                with autocast(device, dtype):
+                    result = model(piece).float().cpu()  # (1, 3, th, tw)
+                window = wy[:, None] * wx[None, :]  # (th, tw)
+                out[:, :, y0 : y0 + th, x0 : x0 + tw] += result * window
+                weight[:, :, y0 : y0 + th, x0 : x0 + tw] += window
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out.div_(weight.clamp_min_(1e-6))

@@ -1,0 +1,237 @@
+"""Translate images with an exported generator: Python API and the `stylegan-translate` CLI.
+
+    stylegan-translate --checkpoint export/g_ab.safetensors --input photos/ --output out/
+
+Every image keeps its size and aspect (padded to the generator's size multiple, cropped back). Large
+images can be translated in overlapping tiles (`tile=`) with consistent normalisation (see `tiling`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from stylegan_transfer.devices import pick_device
+from stylegan_transfer.images import IMAGE_EXTENSIONS, load_rgb, save_image, to_image, to_tensor
+from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
+from stylegan_transfer.inference.generator_file import ExportError, generator_multiple, load_generator
+from stylegan_transfer.inference.tiling import PRECISIONS, TileOptions, autocast, translate_tiled
+from stylegan_transfer.networks import PaddedGenerator
+
+
+# ----------------------------------------------------------------------------- public API
+@torch.no_grad()
+def translate_tensor(
+    generator: nn.Module,
+    x: torch.Tensor,
+    *,
+    tile: int | TileOptions | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1] on the CPU, any H and W."""
+    device = pick_device() if device is None else torch.device(device)
+    dtype = PRECISIONS[precision]
+    generator = generator.to(device).eval()
+    options = TileOptions(tile=tile) if isinstance(tile, int) else tile
+    _, _, height, width = x.shape
+    if options is None or max(height, width) <= options.tile:
+        with autocast(device, dtype):
+            return PaddedGenerator(generator, generator_multiple(generator))(x.to(device)).float().cpu()
+    return torch.cat(
+        [translate_tiled(generator, x[i : i + 1], options, device, dtype, progress) for i in range(len(x))]
+    )
+
+
+def translate(
+    generator: nn.Module,
+    image: Image.Image,
+    *,
+    tile: int | TileOptions | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+) -> Image.Image:
+    """Translate one PIL image; the result has the same size. `tile=512` bounds memory for huge images."""
+    x = to_tensor(image).unsqueeze(0)  # (1, 3, H, W)
+    return to_image(translate_tensor(generator, x, tile=tile, device=device, precision=precision))
+
+
+def load(path: str | Path, *, role: str = "g_ab") -> nn.Module:
+    """A generator from a .safetensors export or straight from a training .ckpt (`role` g_ab or g_ba)."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        return generator_from_checkpoint(path, role=role)
+    return load_generator(path)
+
+
+# ----------------------------------------------------------------------------- CLI
+class InputError(ValueError):
+    pass
+
+
+def collect_inputs(inputs: Sequence[str], *, recursive: bool) -> list[tuple[Path, Path]]:
+    """(image path, output path relative to the output folder) for files, folders and glob patterns."""
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        if any(ch in item for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            files = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not files:
+                raise InputError(f"no image matches the pattern {item!r}")
+            found += [(p, Path(p.name)) for p in files]
+        elif Path(item).is_dir():
+            folder = Path(item)
+            pattern = "**/*" if recursive else "*"
+            files = sorted(
+                p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not files:
+                hint = "" if recursive else " (use --recursive to look in sub-folders)"
+                raise InputError(f"folder {folder} holds no images{hint}")
+            found += [(p, p.relative_to(folder)) for p in files]
+        elif Path(item).is_file():
+            found.append((Path(item), Path(Path(item).name)))
+        else:
+            raise InputError(f"input {item} does not exist; give image files, folders or glob patterns")
+    return found
+
+
+def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
+    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), (255, 255, 255))
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width, 0))
+    return canvas
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylegan-translate",
+        description="Translate images with a trained generator (safetensors export or Lightning .ckpt).",
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path, help=".safetensors export or .ckpt")
+    parser.add_argument("--input", required=True, nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--output", required=True, type=Path, help="output folder")
+    parser.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
+    parser.add_argument(
+        "--role", choices=("g_ab", "g_ba"), default="g_ab", help="which generator of a .ckpt (A→B or B→A)"
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (same size)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=None,
+        help="default: bf16 on CUDA, fp16 on MPS, fp32 on CPU",
+    )
+    parser.add_argument("--tile", type=int, default=None, help="tile images larger than this many pixels")
+    parser.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default 128)")
+    parser.add_argument(
+        "--naive-tiles", action="store_true", help="per-tile normalisation statistics (shows seams)"
+    )
+    parser.add_argument("--format", choices=("png", "jpg", "same"), default="png", help="output format")
+    parser.add_argument("--side-by-side", action="store_true", help="also write <name>_side_by_side.<ext>")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _output_path(out_dir: Path, relative: Path, fmt: str) -> Path:
+    suffix = relative.suffix if fmt == "same" else f".{fmt}"
+    return out_dir / relative.with_suffix(suffix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    args = build_parser().parse_args(argv)
+
+    def fail(message: str) -> int:
+        print(f"stylegan-translate: error: {message}", file=sys.stderr)
+        return 2
+
+    if args.batch_size < 1:
+        return fail("--batch-size must be at least 1")
+    if args.tile is not None and args.tile < 16:
+        return fail("--tile must be at least 16 pixels (try 512)")
+    try:
+        device = pick_device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        return fail(f"device {args.device!r} is not usable here ({err}); try --device cpu")
+    precision = args.precision or {"cpu": "fp32", "mps": "fp16"}.get(device.type, "bf16")
+    if device.type == "cpu" and precision != "fp32":
+        return fail(f"--precision {precision} needs a GPU; use fp32 on the CPU")
+    try:
+        generator = load(args.checkpoint, role=args.role).to(device)
+        jobs = collect_inputs(args.input, recursive=args.recursive)
+    except (ExportError, InputError) as err:
+        return fail(str(err))
+    tile = None
+    if args.tile is not None:
+        tile = TileOptions(tile=args.tile, overlap=args.overlap, consistent=not args.naive_tiles)
+
+    planned: dict[Path, Path] = {}  # output -> input; the same file named twice is translated once
+    for src, relative in jobs:
+        dst = _output_path(args.output, relative, args.format)
+        other = planned.setdefault(dst, src)
+        if other.resolve() != src.resolve():
+            return fail(
+                f"{other} and {src} would both be written to {dst}; translate them in separate runs "
+                "(different --output folders) or give their common parent folder with --recursive"
+            )
+    todo, skipped, failed, written = [], 0, 0, 0
+    for dst, src in planned.items():
+        if dst.exists() and not args.overwrite:
+            skipped += 1
+        else:
+            todo.append((src, dst))
+
+    def emit(src: Path, dst: Path, image: Image.Image, result: Image.Image) -> None:
+        save_image(result, dst)
+        if args.side_by_side:
+            save_image(side_by_side(image, result), dst.with_name(f"{dst.stem}_side_by_side{dst.suffix}"))
+
+    bar = tqdm(total=len(todo), unit="img", disable=args.quiet, desc="translate")
+    for start in range(0, len(todo), args.batch_size):
+        chunk = todo[start : start + args.batch_size]
+        loaded: list[tuple[Path, Path, Image.Image]] = []
+        for src, dst in chunk:
+            try:
+                loaded.append((src, dst, load_rgb(src)))
+            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+                failed += 1
+                tqdm.write(f"error: {src}: cannot read image ({err}); skipped", file=sys.stderr)
+                bar.update(1)
+        by_size: dict[tuple[int, int], list[tuple[Path, Path, Image.Image]]] = {}
+        for entry in loaded:
+            by_size.setdefault(entry[2].size, []).append(entry)
+        for group in by_size.values():
+            try:
+                x = torch.stack([to_tensor(image) for _, _, image in group])  # (B, 3, H, W)
+                y = translate_tensor(
+                    generator, x, tile=tile, device=device, precision=precision, progress=not args.quiet
+                )
+                for (src, dst, image), out in zip(group, y, strict=True):
+                    emit(src, dst, image, to_image(out))
+                    written += 1
+            except (RuntimeError, OSError, ValueError) as err:
+                failed += len(group)
+                names = ", ".join(str(src) for src, _, _ in group)
+                tqdm.write(f"error: {names}: {err}; skipped", file=sys.stderr)
+            bar.update(len(group))
+    bar.close()
+    summary = f"{written} written, {skipped} skipped (already exist; --overwrite replaces), {failed} failed"
+    print(f"stylegan-translate: {summary} -> {args.output}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

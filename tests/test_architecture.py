@@ -1,0 +1,87 @@
+"""The dependency rule, checked: the ground floor and the wings import only what they may.
+
+Ground floor (package root): plain torch / PIL / safetensors. Wings: `inference`, `metrics`, `nst` and
+`training` import the ground floor; besides, `training` may use `metrics` and `inference`, and `metrics` may
+use `inference`. Only `training` may import Lightning, Hydra, OmegaConf or wandb.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "stylegan_transfer"
+WINGS = ("inference", "metrics", "nst", "training")
+MAY_USE = {"inference": set(), "metrics": {"inference"}, "nst": set(), "training": {"inference", "metrics"}}
+TRAINING_STACK = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "wandb")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules(where: str | None) -> list[str]:
+    """Every module of a wing (or, for None, of the ground floor)."""
+    if where is None:
+        return sorted(_module_name(p) for p in PACKAGE.glob("*.py"))
+    return sorted(_module_name(p) for p in (PACKAGE / where).rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module named by an import statement of the file, at any depth (lazy imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def _wing(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) >= 2 and parts[1] in WINGS else None
+
+
+NON_TRAINING = [m for m in _modules(None) + _modules("inference") + _modules("metrics") + _modules("nst")]
+
+
+@pytest.mark.parametrize("module", NON_TRAINING)
+def test_module_imports_without_the_training_stack(module):
+    code = (
+        f"import sys, {module}\n"
+        f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({TRAINING_STACK!r}))\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, f"{module} loads the training stack:\n{result.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: _module_name(p))
+def test_imports_follow_the_dependency_rule(path):
+    here = _wing(_module_name(path))
+    for name in _imports(path):
+        if name.split(".")[0] in TRAINING_STACK:
+            assert here == "training", f"{_module_name(path)} imports {name}: only training/ may"
+        if not name.startswith("stylegan_transfer."):
+            continue
+        target = _wing(name)
+        if target is None or target == here:
+            continue  # the ground floor, or its own wing
+        assert here is not None, f"ground-floor module {_module_name(path)} imports the wing module {name}"
+        assert target in MAY_USE[here], f"{_module_name(path)} ({here}) may not import {name} ({target})"
+
+
+def test_every_wing_has_modules_and_the_list_is_complete():
+    assert all(_modules(wing) for wing in WINGS)
+    ground = {m.split(".")[-1] for m in _modules(None)}
+    assert {"networks", "losses", "perceptual", "image_pool", "images", "datasets"} <= ground
