@@ -38,9 +38,17 @@ def quiet_trainer(**kwargs) -> L.Trainer:
     return L.Trainer(**{**defaults, **kwargs})
 
 
-def run_train_py(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python train.py ARGS` in the repo root, W&B offline, one thread per process."""
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+def run_train_py(
+    *args: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` in the repo root, W&B offline, one thread per process (`env` adds variables)."""
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "HYDRA_FULL_ERROR": "0",
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "train.py", *args],
         cwd=REPO,

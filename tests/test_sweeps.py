@@ -72,13 +72,26 @@ def test_wandb_sweep_spec_parameters_are_valid_overrides(compose_cfg):
 @pytest.mark.slow
 def test_multirun_with_a_failing_job_reports_it_and_completes_the_other(tmp_path):
     sweep = tmp_path / "sweep"
-    result = run_train_py("-m", "debug=tiny", "model.gan_mode=lsgan,bogus", f"hydra.sweep.dir={sweep}")
+    # No Inception weights (empty cache, offline): selection and the sweep objective fall back to val/cycle_l1,
+    # and say so once per job.
+    offline = {"STYLEGAN_TRANSFER_CACHE": str(tmp_path / "empty_cache")}
+    result = run_train_py(
+        "-m",
+        "debug=tiny",
+        "callbacks.kid.offline=true",
+        "model.gan_mode=lsgan,bogus",
+        f"hydra.sweep.dir={sweep}",
+        env=offline,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    ok = json.loads((sweep / "0_debug=tiny,model.gan_mode=lsgan" / "result.json").read_text())
-    failed = json.loads((sweep / "1_debug=tiny,model.gan_mode=bogus" / "result.json").read_text())
+    ok_dir = sweep / "0_callbacks.kid.offline=True,debug=tiny,model.gan_mode=lsgan"
+    failed_dir = sweep / "1_callbacks.kid.offline=True,debug=tiny,model.gan_mode=bogus"
+    ok = json.loads((ok_dir / "result.json").read_text())
+    failed = json.loads((failed_dir / "result.json").read_text())
     assert ok["status"] == "ok" and math.isfinite(ok["value"]) and ok["metric"] == "val/cycle_l1"
+    assert (result.stdout + result.stderr).count("val/kid is off") == 1  # the failing job stops before it
     assert failed["status"] == "failed" and "gan_mode" in failed["error"]
-    assert (sweep / "0_debug=tiny,model.gan_mode=lsgan" / "export" / "g_ab.safetensors").is_file()
+    assert (ok_dir / "export" / "g_ab.safetensors").is_file()
     table = (sweep / "sweep_report.md").read_text()
     assert "| 1 | 0 | ok |" in table and "| 2 | 1 | FAILED: ValueError" in table
     assert "1 job(s) failed" in result.stdout + result.stderr

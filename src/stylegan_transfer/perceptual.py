@@ -240,6 +240,7 @@ class VGGFeatures(nn.Module):
 
 # ----------------------------------------------------------------------------- the perceptual-loss holder
 CONTENT_LAYERS = ("relu4_2",)  # Gatys et al. 2016
+_TINY = torch.finfo(torch.float32).tiny  # only guards against 0 / 0: any larger floor breaks scale invariance
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
@@ -293,13 +294,13 @@ class PerceptualLoss(nn.Module):
     @staticmethod
     def content(features: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
         return sum(
-            F.mse_loss(f.float(), t.float()) / (t.float() ** 2).mean().clamp_min(1e-12)
+            F.mse_loss(f.float(), t.float()) / (t.float() ** 2).mean().clamp_min(_TINY)
             for f, t in zip(features, targets, strict=True)
         )
 
     def style(self, features: Sequence[torch.Tensor], target_grams: Sequence[torch.Tensor]) -> torch.Tensor:
         return sum(
-            w * gram_distance(f, g) / (g.float() ** 2).sum().clamp_min(1e-12)
+            w * gram_distance(f, g) / (g.float() ** 2).sum().clamp_min(_TINY)
             for w, f, g in zip(self.layer_weights, features, target_grams, strict=True)
         )
 

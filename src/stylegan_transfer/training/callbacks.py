@@ -182,12 +182,22 @@ class ExportMetadata(L.Callback):
 
 # ----------------------------------------------------------------------------- quality and the best model
 class KIDEvaluation(L.Callback):
-    """Logs `val/kid` (unbiased KID, mean over subsets), `val/kid_std` and optionally `val/fid`."""
+    """Logs `val/kid` (unbiased KID, mean over subsets), `val/kid_std` and optionally `val/fid`.
+
+    Evaluates after the first epoch, every `every_n_epochs` epochs and after the last one, so a checkpoint
+    callback monitoring `val/kid` always has a value (Lightning keeps the last one between evaluations, and a
+    repeated value never counts as an improvement) and the final model is always scored.
+    """
+
+    def due(self, epoch: int, max_epochs: int | None) -> bool:
+        """Whether to evaluate after (0-based) `epoch`."""
+        last = max_epochs is not None and max_epochs > 0 and epoch + 1 == max_epochs
+        return epoch == 0 or (epoch + 1) % self.every_n_epochs == 0 or last
 
     def __init__(
         self,
         *,
-        every_n_epochs: int = 1,
+        every_n_epochs: int = 5,
         num_images: int = 100,
         compute_fid: bool = False,
         inception_weights: str | None = None,
@@ -212,14 +222,21 @@ class KIDEvaluation(L.Callback):
         self.target_features: np.ndarray | None = None  # (M, 2048) domain B
         self.last_seconds = float("nan")
 
+    def load_inception(self) -> None:
+        """Load the FID Inception network (downloaded and cached unless `offline`); raises
+        `MetricWeightsError` with how to provide the weights. A no-op when one is loaded (or injected)."""
+        if self.inception is None:
+            kwargs = {"url": None} if self.offline else {}
+            self.inception = load_inception_features(self.inception_weights, **kwargs)
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.inception is not None:
+        if stage != "fit":
             return
-        kwargs = {"url": None} if self.offline else {}
-        self.inception = load_inception_features(self.inception_weights, **kwargs)  # fails fast, clearly
-        datamodule = trainer.datamodule
-        files_a, files_b = datamodule.evaluation_files(self.num_images)
-        self.prepare(files_a, files_b, size=int(datamodule.augment.crop_size))
+        self.load_inception()  # fails fast, clearly
+        if self.inputs is None:
+            datamodule = trainer.datamodule
+            files_a, files_b = datamodule.evaluation_files(self.num_images)
+            self.prepare(files_a, files_b, size=int(datamodule.augment.crop_size))
 
     def prepare(self, files_a: list[Path], files_b: list[Path], *, size: int) -> None:
         """Load the fixed inputs (domain A) and targets (domain B), square-resized like validation images."""
@@ -265,7 +282,7 @@ class KIDEvaluation(L.Callback):
         return scores
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or not self.due(trainer.current_epoch, trainer.max_epochs):
             return
         started = time.perf_counter()
         scores = self.evaluate(pl_module)

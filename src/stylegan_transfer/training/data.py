@@ -278,7 +278,11 @@ class UnpairedDataModule(L.LightningDataModule):
             files_b = list_images(folder_b) if folder_b.is_dir() else []
             if len(files_a) >= 2 and len(files_b) >= 2:
                 return files_a[:count], files_b[:count]
-        raise DataError("evaluation needs at least 2 images in each domain")
+        raise DataError(
+            f"KID evaluation (model selection) needs at least 2 images in each domain; {self._folders('train')} "
+            "hold fewer. Add images, or select by another metric: callbacks.kid=null "
+            "callbacks.best.monitor=val/cycle_l1 callbacks.export_best.monitor=val/cycle_l1"
+        )
 
     def _scan(self, folder: Path, label: str) -> list[Path]:
         if folder not in self._scanned:

@@ -18,13 +18,21 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from stylegan_transfer.datasets import DEMO_ROOT, DataError
 from stylegan_transfer.inference.checkpoint import ROLES
 from stylegan_transfer.inference.export import write_generators
+from stylegan_transfer.metrics.weights import MetricWeightsError
 from stylegan_transfer.perceptual import VGGWeightsError
-from stylegan_transfer.training.callbacks import AtomicCheckpointIO, ExportMetadata, RNGState
+from stylegan_transfer.training.callbacks import (
+    AtomicCheckpointIO,
+    ExportBestGenerators,
+    ExportMetadata,
+    KIDEvaluation,
+    RNGState,
+)
 
 log = logging.getLogger(__name__)
 ASSETS = DEMO_ROOT.parent
@@ -78,6 +86,43 @@ def _prepare_wandb(logger_cfg: DictConfig | None) -> bool:
             logger_cfg.get("save_dir", "."),
         )
     return True
+
+
+QUALITY_METRIC = "val/kid"
+FALLBACK_METRIC = "val/cycle_l1"
+
+
+def select_by_quality(callbacks: list[L.Callback]) -> str | None:
+    """Make sure the quality metric can be computed; if the FID Inception weights cannot be had, say so once,
+    drop the evaluation and point every selection that monitored it at the fallback metric, explicitly.
+
+    Returns the metric that selection now uses (None when no callback evaluates quality).
+    """
+    evaluations = [cb for cb in callbacks if isinstance(cb, KIDEvaluation)]
+    if not evaluations:
+        return None
+    try:
+        for evaluation in evaluations:
+            evaluation.load_inception()
+        return QUALITY_METRIC
+    except MetricWeightsError as err:
+        log.warning(
+            "%s is off: %s\nbest.ckpt, export/best/ and the sweep objective fall back to %s, which rewards "
+            "under-stylised models (a generator that copies its input has zero cycle loss): see README "
+            "'Choosing the best model'.",
+            QUALITY_METRIC,
+            err,
+            FALLBACK_METRIC,
+        )
+    for evaluation in evaluations:
+        callbacks.remove(evaluation)
+    for callback in callbacks:
+        if (
+            isinstance(callback, ModelCheckpoint | ExportBestGenerators)
+            and callback.monitor == QUALITY_METRIC
+        ):
+            callback.monitor = FALLBACK_METRIC
+    return FALLBACK_METRIC
 
 
 def export_metadata(cfg: DictConfig) -> ExportMetadata:
@@ -152,6 +197,10 @@ def run_job(cfg: DictConfig) -> float | None:
             raise
         log.exception("job %s failed; the sweep continues with the next job", output_dir.name)
         return float("nan")
+    if metric == QUALITY_METRIC and QUALITY_METRIC not in metrics and FALLBACK_METRIC in metrics:
+        metric = (
+            FALLBACK_METRIC  # quality could not be measured (no Inception weights): said when training began
+        )
     if rank_zero_only.rank == 0:
         write_result(output_dir, overrides=overrides, metric=metric, metrics=metrics)
     return metrics.get("optimized_metric")
@@ -174,6 +223,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metadata = export_metadata(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [RNGState(), metadata]  # exact resume and self-describing checkpoints, whatever the config
+    selected_by = select_by_quality(callbacks)
     uses_wandb = _prepare_wandb(cfg.get("logger"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(
@@ -202,10 +252,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
             wandb.finish()
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    name = cfg.get("optimized_metric")
+    name = objective(cfg.get("optimized_metric"), selected_by)
     if name:
         metrics["optimized_metric"] = metrics.get(name, float("nan"))
     return metrics
+
+
+def objective(configured: str | None, selected_by: str | None) -> str | None:
+    """The metric sweeps optimise: the configured one, or the fallback when quality could not be measured."""
+    if configured == QUALITY_METRIC and selected_by == FALLBACK_METRIC:
+        return FALLBACK_METRIC
+    return configured
 
 
 __all__ = ["DataError", "quiet_known_warnings", "register_resolvers", "run_job", "train"]
