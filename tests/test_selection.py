@@ -73,7 +73,9 @@ def test_best_checkpoint_and_export_follow_val_kid_where_cycle_loss_disagrees(cy
         dirpath=tmp_path / "cycle", filename="best", monitor="val/cycle_l1", mode="min"
     )
     callbacks = [ScriptedGenerators(), kid, best, by_cycle, export_best]
-    trainer = quiet_trainer(max_epochs=3, limit_train_batches=1, callbacks=callbacks, enable_checkpointing=True)
+    trainer = quiet_trainer(
+        max_epochs=3, limit_train_batches=1, callbacks=callbacks, enable_checkpointing=True
+    )
     trainer.fit(module, datamodule=datamodule)
 
     assert best.monitor == "val/kid"
