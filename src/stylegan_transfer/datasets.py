@@ -3,6 +3,7 @@
 stylegan-download vangogh2photo                  # or a style name: stylegan-download vangogh
 stylegan-download --all --data-dir /big/disk/data
 stylegan-download --list
+stylegan-download --pretrained --list            # pretrained generators: inference/pretrained.py
 
 The archives are the ones the official CycleGAN download script fetches
 (`<base>/<name>.zip`, base `http://efrosgans.eecs.berkeley.edu/cyclegan/datasets`; override it with

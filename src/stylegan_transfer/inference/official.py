@@ -27,7 +27,10 @@ for the missing ones), ResNet dropout (it shifts the block's second convolution 
 block count and U-Net depth. U-Net dropout leaves no trace in the weights; it does nothing at inference
 (eval mode) anyway. Old PyTorch versions saved `running_mean`/`running_var` (and `num_batches_tracked`) for
 InstanceNorm layers that do not use them: they are dropped, as the official test script does. A `module.`
-prefix (DataParallel) and a wrapping `{"state_dict": ...}` are removed.
+prefix (DataParallel) and a wrapping `{"state_dict": ...}` are removed. Converted generators run in eval mode:
+batch norm uses its running statistics (the official test script keeps train mode unless given `--eval`,
+which matters for pix2pix's batch-norm U-Nets only; the published CycleGAN models use instance norm).
+Only the official reflection padding in residual blocks is accepted (the default; zero padding is refused).
 
 Files are read with `torch.load(weights_only=True)`: nothing in them is executed, and anything other than a
 mapping of names to tensors is refused.

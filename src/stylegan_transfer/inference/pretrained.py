@@ -139,8 +139,8 @@ def _model(name: str) -> PretrainedModel:
 def _manual_hint(url: str, original: Path, target: Path) -> str:
     return (
         f"To install it by hand: download {url} on a machine with internet access and put it at {original} "
-        f"(it is converted on first use), or copy a {target.name} made by `stylegan-download --pretrained "
-        f"{target.stem}` there to {target}."
+        f"(it is converted on first use); or run `stylegan-download --pretrained {target.stem}` on such a "
+        f"machine and copy the {target.name} it writes to {target}."
     )
 
 

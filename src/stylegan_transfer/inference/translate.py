@@ -23,7 +23,6 @@ from stylegan_transfer.devices import pick_device
 from stylegan_transfer.images import IMAGE_EXTENSIONS, load_rgb, save_image, to_image, to_tensor
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.generator_file import ExportError, generator_multiple, load_generator
-from stylegan_transfer.inference.pretrained import download_pretrained
 from stylegan_transfer.inference.tiling import PRECISIONS, TileOptions, autocast, translate_tiled
 from stylegan_transfer.networks import PaddedGenerator
 
@@ -184,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail("give the images to translate: files, folders or glob patterns")
     try:
         if args.model is not None:
+            from stylegan_transfer.inference.pretrained import download_pretrained  # `python -m` friendly
+
             generator = load_generator(download_pretrained(args.model, progress=not args.quiet))
         else:
             generator = load(args.checkpoint, role=args.role)
