@@ -3,6 +3,7 @@
 stylegan-download vangogh2photo                  # or a style name: stylegan-download vangogh
 stylegan-download --all --data-dir /big/disk/data
 stylegan-download --list
+stylegan-download --pretrained --list            # pretrained generators: inference/pretrained.py
 
 The archives are the ones the official CycleGAN download script fetches
 (`<base>/<name>.zip`, base `http://efrosgans.eecs.berkeley.edu/cyclegan/datasets`; override it with
@@ -179,6 +180,33 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool) -> int | Non
     return total
 
 
+def download_file(
+    url: str, target: Path, *, timeout: float = 10.0, progress: bool = True, hint: str = ""
+) -> Path:
+    """Download `url` to `target` through `<target>.part` (an interrupted transfer resumes with HTTP Range),
+    check the size the server announced, then rename. A `target` already in place is left alone.
+
+    Raises DownloadError naming the URL, what was kept, and `hint` (how to place the file by hand).
+    """
+    target = Path(target)
+    if target.exists():
+        return target
+    part = target.with_name(target.name + ".part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s → %s", url, target)
+    try:
+        total = _fetch(url, part, timeout=timeout, progress=progress)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        reason = getattr(err, "reason", None) or err
+        kept = f" ({part.stat().st_size} bytes kept in {part}; rerun to resume)" if part.exists() else ""
+        raise DownloadError(f"could not download {url}: {reason}{kept}.\n{hint}") from None
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise DownloadError(f"download of {url} stopped at {size} of {total} bytes; rerun to resume.\n{hint}")
+    os.replace(part, target)
+    return target
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -250,26 +278,11 @@ def download_dataset(
         return target
     url = url or f"{base_url()}/{info.name}.zip"
     archive = target.parent / f"{info.name}.zip"
-    part = archive.with_name(archive.name + ".part")
-    archive.parent.mkdir(parents=True, exist_ok=True)
 
     if not archive.exists():
-        log.info("downloading %s → %s", url, archive)
-        try:
-            total = _fetch(url, part, timeout=timeout, progress=progress)
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            reason = getattr(err, "reason", None) or err
-            kept = f" ({part.stat().st_size} bytes kept in {part}; rerun to resume)" if part.exists() else ""
-            raise DownloadError(
-                f"could not download {url}: {reason}{kept}.\n{_manual_hint(url, archive, target)}"
-            ) from None
-        size = part.stat().st_size
-        if total is not None and size != total:
-            raise DownloadError(
-                f"download of {url} stopped at {size} of {total} bytes; rerun to resume.\n"
-                f"{_manual_hint(url, archive, target)}"
-            )
-        os.replace(part, archive)
+        download_file(
+            url, archive, timeout=timeout, progress=progress, hint=_manual_hint(url, archive, target)
+        )
     try:
         prefix = check_archive(archive, sha256=info.sha256)
     except DownloadError as err:
@@ -300,8 +313,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds (default 10)")
     parser.add_argument("--keep-archive", action="store_true", help="keep <name>.zip after extracting")
+    parser.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="pretrained generators instead of datasets: `stylegan-download --pretrained --list` shows them",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.pretrained:  # the stylegan-download entry point (inference.pretrained:main) handles this flag
+        print(
+            "error: run `stylegan-download --pretrained ...` or `python -m stylegan_transfer.inference.pretrained "
+            "...` for pretrained generators",
+            file=sys.stderr,
+        )
+        return 2
 
     if args.list:
         for info in DATASETS.values():

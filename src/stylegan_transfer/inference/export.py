@@ -1,6 +1,7 @@
 """Export generators as files that run anywhere: safetensors (+ ONNX / torch.export), and `stylegan-export`.
 
     stylegan-export outputs/demo/<run>/checkpoints/last.ckpt [--onnx] [--pt2]
+    stylegan-export --from-official checkpoints/horse2zebra/latest_net_G_A.pth [--name horse2zebra]
 
 One function writes every export (`write_generators`): training calls it with its live networks at the
 end of a run, the CLI with the networks of a checkpoint. The metadata (style, domains, preprocessing,
@@ -10,6 +11,7 @@ training size) comes from the checkpoint itself, written there at train time.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import Any
 from torch import nn
 
 from stylegan_transfer.inference.checkpoint import ROLES, read_checkpoint
-from stylegan_transfer.inference.generator_file import ExportError, save_generator
+from stylegan_transfer.inference.generator_file import ExportError, load_generator, save_generator
+from stylegan_transfer.inference.official import convert_official, role_of
 from stylegan_transfer.networks import size_multiple
 
 # Run metadata copied into every export when known (written into checkpoints at train time).
@@ -123,6 +126,67 @@ def export_checkpoint(
     )
 
 
+def official_name(source: str | Path) -> str:
+    """A model name for an official `<experiment>/<epoch>_net_<G_A>.pth`: `<experiment>_<G_A>`, else the stem."""
+    source = Path(source)
+    match = re.fullmatch(r"(?:latest|\d+)_net_(\w+)", source.stem)
+    if match and source.parent.name not in ("", "."):
+        return f"{source.parent.name}_{match[1]}"
+    return source.stem
+
+
+def export_official(
+    source: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    name: str | None = None,
+    style: str | None = None,
+    domain_a: str | None = None,
+    domain_b: str | None = None,
+    role: str | None = None,
+    unet_dropout: bool = False,
+    onnx: bool = False,
+    pt2: bool = False,
+    atol: float = 1e-4,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Convert a generator saved by the official CycleGAN/pix2pix code to `<out_dir>/<name>.safetensors`
+    (+ .onnx / .pt2). `out_dir` defaults to the source's folder, `name` to `<experiment>_G_A`."""
+    source = Path(source)
+    name = name or official_name(source)
+    out_dir = Path(out_dir) if out_dir is not None else source.parent
+    targets = [out_dir / f"{name}.safetensors"]
+    targets += [out_dir / f"{name}.{ext}" for ext, on in (("onnx", onnx), ("pt2", pt2)) if on]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise ExportError(f"{existing[0]} already exists; pass --overwrite to replace it.")
+    role = role or role_of(source)
+    convert_official(
+        source,
+        targets[0],
+        name=name,
+        style=style,
+        domain_a=domain_a,
+        domain_b=domain_b,
+        role=role,
+        unet_dropout=unet_dropout,
+    )
+    log(f"wrote {targets[0]}")
+    written = [targets[0]]
+    if onnx or pt2:
+        from stylegan_transfer.inference import onnx_pt2
+
+        generator = load_generator(targets[0])
+        multiple = generator.export_metadata["size_multiple"]
+        for target in targets[1:]:
+            export = onnx_pt2.export_onnx if target.suffix == ".onnx" else onnx_pt2.export_pt2
+            diff = export(generator, target, multiple=multiple, atol=atol)
+            written.append(target)
+            log(f"wrote {target} (max |{target.suffix[1:]} - eager| = {diff:.2e})")
+    return written
+
+
 def _default_out_dir(checkpoint: Path) -> Path:
     run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     return run / "export"
@@ -131,9 +195,26 @@ def _default_out_dir(checkpoint: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="stylegan-export",
-        description="Export the generators of a training checkpoint as safetensors (+ ONNX / torch.export).",
+        description="Export the generators of a training checkpoint, or convert a generator of the official "
+        "CycleGAN/pix2pix code, as safetensors (+ ONNX / torch.export).",
     )
-    parser.add_argument("checkpoint", type=Path, help="Lightning .ckpt written by train.py")
+    parser.add_argument("checkpoint", type=Path, nargs="?", help="Lightning .ckpt written by train.py")
+    parser.add_argument(
+        "--from-official",
+        type=Path,
+        metavar="PTH",
+        help="instead: a generator saved by the official CycleGAN/pix2pix code (latest_net_G_A.pth); "
+        "architecture inferred from its tensors; writes <output>/<name>.safetensors (default: beside it); "
+        "--role g_ab or g_ba sets its direction (default: G_B files are B -> A)",
+    )
+    parser.add_argument(
+        "--name", help="with --from-official: model name and file stem (default: <experiment>_G_A)"
+    )
+    parser.add_argument(
+        "--unet-dropout",
+        action="store_true",
+        help="with --from-official: record that a U-Net was trained with dropout (no effect at inference)",
+    )
     parser.add_argument("-o", "--output", type=Path, help="output folder (default: <run>/export)")
     parser.add_argument(
         "--role", choices=("g_ab", "g_ba", "both"), default="both", help="which generator(s) to export"
@@ -148,10 +229,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.from_official is None):
+        parser.error("give either a checkpoint or --from-official PTH")
     roles = ("g_ab", "g_ba") if args.role == "both" else (args.role,)
     from stylegan_transfer.inference import onnx_pt2
 
     try:
+        if args.from_official is not None:
+            export_official(
+                args.from_official,
+                args.output,
+                name=args.name,
+                style=args.style,
+                domain_a=args.domain_a,
+                domain_b=args.domain_b,
+                role=None if args.role == "both" else args.role,
+                unet_dropout=args.unet_dropout,
+                onnx=args.onnx,
+                pt2=args.pt2,
+                atol=args.atol,
+                overwrite=args.overwrite,
+            )
+            return 0
         export_checkpoint(
             args.checkpoint,
             args.output or _default_out_dir(args.checkpoint),

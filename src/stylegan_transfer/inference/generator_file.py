@@ -103,7 +103,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a generator from an export. The result is in eval mode; its metadata is `.export_metadata`."""
+    """Rebuild a generator from an export. The result is in eval mode; its metadata is `.export_metadata`.
+
+    `path` may also name a pretrained model (`"style_vangogh"`, see `inference.pretrained`): it is
+    downloaded and converted into the cache on first use. A file of that name takes precedence.
+    """
+    if not Path(path).exists():
+        from stylegan_transfer.inference import pretrained  # it imports this module: resolve names lazily
+
+        if pretrained.is_pretrained_name(str(path)):
+            path = pretrained.download_pretrained(str(path))
     meta = read_metadata(path)
     if meta["arch"] not in GENERATORS:
         raise ExportError(f"{path}: unknown generator arch {meta['arch']!r}; known: {sorted(GENERATORS)}")

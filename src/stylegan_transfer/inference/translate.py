@@ -1,6 +1,7 @@
 """Translate images with an exported generator: Python API and the `stylegan-translate` CLI.
 
     stylegan-translate --checkpoint export/g_ab.safetensors --input photos/ --output out/
+    stylegan-translate --model style_vangogh photo.jpg --output out/     # a pretrained CycleGAN model
 
 Every image keeps its size and aspect (padded to the generator's size multiple, cropped back). Large
 images can be translated in overlapping tiles (`tile=`) with consistent normalisation (see `tiling`).
@@ -65,10 +66,10 @@ def translate(
 
 
 def load(path: str | Path, *, role: str = "g_ab") -> nn.Module:
-    """A generator from a .safetensors export or straight from a training .ckpt (`role` g_ab or g_ba)."""
-    path = Path(path)
-    if path.suffix == ".ckpt":
-        return generator_from_checkpoint(path, role=role)
+    """A generator from a .safetensors export, straight from a training .ckpt (`role` g_ab or g_ba), or a
+    pretrained model name such as `style_vangogh` (downloaded and converted on first use)."""
+    if Path(path).suffix == ".ckpt":
+        return generator_from_checkpoint(Path(path), role=role)
     return load_generator(path)
 
 
@@ -114,10 +115,18 @@ def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stylegan-translate",
-        description="Translate images with a trained generator (safetensors export or Lightning .ckpt).",
+        description="Translate images with a trained generator (safetensors export, Lightning .ckpt or a "
+        "pretrained model name).",
     )
-    parser.add_argument("--checkpoint", required=True, type=Path, help=".safetensors export or .ckpt")
-    parser.add_argument("--input", required=True, nargs="+", help="image files, folders or glob patterns")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help=".safetensors export or .ckpt")
+    source.add_argument(
+        "--model",
+        help="pretrained model name, e.g. style_vangogh (`stylegan-download --pretrained --list`); "
+        "downloaded and converted on first use",
+    )
+    parser.add_argument("inputs", nargs="*", help="image files, folders or glob patterns (or --input)")
+    parser.add_argument("--input", nargs="+", default=[], help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, type=Path, help="output folder")
     parser.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     parser.add_argument(
@@ -169,9 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     precision = args.precision or {"cpu": "fp32", "mps": "fp16"}.get(device.type, "bf16")
     if device.type == "cpu" and precision != "fp32":
         return fail(f"--precision {precision} needs a GPU; use fp32 on the CPU")
+    inputs = [*args.inputs, *args.input]
+    if not inputs:
+        return fail("give the images to translate: files, folders or glob patterns")
     try:
-        generator = load(args.checkpoint, role=args.role).to(device)
-        jobs = collect_inputs(args.input, recursive=args.recursive)
+        if args.model is not None:
+            from stylegan_transfer.inference.pretrained import download_pretrained  # `python -m` friendly
+
+            generator = load_generator(download_pretrained(args.model, progress=not args.quiet))
+        else:
+            generator = load(args.checkpoint, role=args.role)
+        generator = generator.to(device)
+        jobs = collect_inputs(inputs, recursive=args.recursive)
     except (ExportError, InputError) as err:
         return fail(str(err))
     tile = None

@@ -1,0 +1,276 @@
+"""The official CycleGAN pretrained generators: download once, convert, cache, load by name.
+
+    stylegan-download --pretrained --list           # every model, what it turns into what, training size
+    stylegan-download --pretrained style_vangogh    # → <cache>/pretrained/style_vangogh.safetensors
+    stylegan-translate --model style_vangogh --input photo.jpg --output out/
+
+The CycleGAN authors publish their generators as plain PyTorch state dicts at
+`<base>/<name>.pth`, base `http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models` (another host with
+`--base-url` or STYLEGAN_PRETRAINED_URL). The download resumes after an interruption (HTTP Range on
+`<name>.pth.part`) and checks the announced size; the file is read with `weights_only=True`, converted by
+`official` into our generator format with full metadata, written atomically to
+`<cache>/pretrained/<name>.safetensors`, and the `.pth` removed. The cache folder is
+`$STYLEGAN_TRANSFER_CACHE`, else `$XDG_CACHE_HOME/stylegan_transfer`, else `~/.cache/stylegan_transfer`.
+STYLEGAN_TRANSFER_OFFLINE=1 never touches the network (the cache or a `.pth` placed by hand only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from stylegan_transfer import datasets
+from stylegan_transfer.datasets import DownloadError, download_file
+from stylegan_transfer.inference.generator_file import ExportError, load_generator, read_metadata
+from stylegan_transfer.inference.official import OfficialFormatError, convert_official
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
+BASE_URL_ENV = "STYLEGAN_PRETRAINED_URL"
+CACHE_ENV = "STYLEGAN_TRANSFER_CACHE"
+OFFLINE_ENV = "STYLEGAN_TRANSFER_OFFLINE"
+CREDIT = "CycleGAN, Zhu, Park, Isola and Efros 2017 (github.com/junyanz/pytorch-CycleGAN-and-pix2pix)"
+
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    name: str  # file name on the host: <base>/<name>.pth
+    source: str  # what the generator takes
+    target: str  # what it makes
+    dataset: str  # the official dataset it was trained on
+    style: str  # our style name (configs/style) where one exists, else the model name
+    train_size: int = 256  # crop size it was trained at (ResNet-9, 64 channels, instance norm)
+
+    @property
+    def direction(self) -> str:
+        return f"{self.source} -> {self.target}"
+
+
+MODELS: dict[str, PretrainedModel] = {
+    model.name: model
+    for model in (
+        PretrainedModel("style_vangogh", "photo", "Van Gogh painting", "vangogh2photo", "vangogh"),
+        PretrainedModel("style_monet", "photo", "Monet painting", "monet2photo", "monet"),
+        PretrainedModel("style_cezanne", "photo", "Cézanne painting", "cezanne2photo", "cezanne"),
+        PretrainedModel("style_ukiyoe", "photo", "Ukiyo-e print", "ukiyoe2photo", "ukiyoe"),
+        PretrainedModel("monet2photo", "Monet painting", "photo", "monet2photo", "monet"),
+        PretrainedModel("horse2zebra", "horse", "zebra", "horse2zebra", "horse2zebra"),
+        PretrainedModel("zebra2horse", "zebra", "horse", "horse2zebra", "horse2zebra"),
+        PretrainedModel("apple2orange", "apple", "orange", "apple2orange", "apple2orange"),
+        PretrainedModel("orange2apple", "orange", "apple", "apple2orange", "apple2orange"),
+        PretrainedModel(
+            "summer2winter_yosemite",
+            "Yosemite in summer",
+            "Yosemite in winter",
+            "summer2winter_yosemite",
+            "summer2winter",
+        ),
+        PretrainedModel(
+            "winter2summer_yosemite",
+            "Yosemite in winter",
+            "Yosemite in summer",
+            "summer2winter_yosemite",
+            "summer2winter",
+        ),
+        PretrainedModel("sat2map", "aerial photo", "map", "maps", "maps"),
+        PretrainedModel("map2sat", "map", "aerial photo", "maps", "maps"),
+        PretrainedModel("facades_photo2label", "facade photo", "facade label map", "facades", "facades"),
+        PretrainedModel("facades_label2photo", "facade label map", "facade photo", "facades", "facades"),
+        PretrainedModel(
+            "cityscapes_photo2label", "street photo", "Cityscapes label map", "cityscapes", "cityscapes"
+        ),
+        PretrainedModel(
+            "cityscapes_label2photo", "Cityscapes label map", "street photo", "cityscapes", "cityscapes"
+        ),
+        PretrainedModel(
+            "iphone2dslr_flower",
+            "iPhone flower photo",
+            "DSLR flower photo (shallow depth of field)",
+            "iphone2dslr_flower",
+            "iphone2dslr",
+        ),
+    )
+}
+
+
+class PretrainedError(ExportError):
+    """A pretrained generator could not be found, downloaded or converted; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "stylegan_transfer"
+
+
+def base_url(override: str | None = None) -> str:
+    return (override or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+
+
+def is_pretrained_name(name: object) -> bool:
+    return isinstance(name, str) and name in MODELS
+
+
+def model_path(name: str, cache: str | Path | None = None) -> Path:
+    """Where the converted generator `name` lives: `<cache>/pretrained/<name>.safetensors`."""
+    root = Path(cache).expanduser() if cache is not None else cache_dir()
+    return root / "pretrained" / f"{name}.safetensors"
+
+
+def _model(name: str) -> PretrainedModel:
+    if name not in MODELS:
+        raise PretrainedError(
+            f"unknown pretrained model {name!r}; choose one of: {', '.join(MODELS)} "
+            "(`stylegan-download --pretrained --list`)"
+        )
+    return MODELS[name]
+
+
+def _manual_hint(url: str, original: Path, target: Path) -> str:
+    return (
+        f"To install it by hand: download {url} on a machine with internet access and put it at {original} "
+        f"(it is converted on first use); or run `stylegan-download --pretrained {target.stem}` on such a "
+        f"machine and copy the {target.name} it writes to {target}."
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _usable(path: Path) -> bool:
+    try:
+        read_metadata(path)
+    except ExportError:
+        return False
+    return True
+
+
+def download_pretrained(
+    name: str,
+    *,
+    cache: str | Path | None = None,
+    url: str | None = None,
+    timeout: float = 10.0,
+    progress: bool = True,
+    keep_original: bool = False,
+) -> Path:
+    """Make `<cache>/pretrained/<name>.safetensors` exist (download + convert once); returns its path."""
+    model = _model(name)
+    target = model_path(name, cache)
+    if target.is_file() and _usable(target):
+        return target
+    url = url or f"{base_url()}/{name}.pth"
+    original = target.with_suffix(".pth")
+    hint = _manual_hint(url, original, target)
+    placed_by_hand = original.exists()
+    if not placed_by_hand:
+        if _offline():
+            raise PretrainedError(f"{name} is not in the cache and {OFFLINE_ENV} is set.\n{hint}")
+        try:
+            download_file(url, original, timeout=timeout, progress=progress, hint=hint)
+        except DownloadError as err:
+            raise PretrainedError(str(err)) from None
+    try:
+        convert_official(
+            original,
+            target,
+            name=name,
+            style=model.style,
+            domain_a=model.source,
+            domain_b=model.target,
+            role="g_ab",
+            train_size=model.train_size,
+            source_url=url,
+            extra={"dataset": model.dataset, "credit": CREDIT},
+        )
+    except OfficialFormatError as err:
+        if placed_by_hand:
+            raise PretrainedError(f"{err}\n{original} was placed by hand; replace it.\n{hint}") from None
+        original.unlink(missing_ok=True)  # a broken download would otherwise be reused on every run
+        raise PretrainedError(f"{err}\nDeleted it; rerun to download again.\n{hint}") from None
+    if not keep_original:
+        original.unlink(missing_ok=True)
+    log.info("%s ready in %s", name, target)
+    return target
+
+
+def load_pretrained(name: str, *, device: str = "cpu", **kwargs) -> nn.Module:
+    """The pretrained generator `name` (downloaded and converted on first use), in eval mode."""
+    return load_generator(download_pretrained(name, **kwargs), device=device)
+
+
+def listing() -> str:
+    rows = [f"{'name':24s} {'size':>5s}  direction"]
+    rows += [f"{m.name:24s} {m.train_size:5d}  {m.direction}" for m in MODELS.values()]
+    return "\n".join(rows)
+
+
+def pretrained_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="stylegan-download --pretrained",
+        description="Download the official CycleGAN generators and convert them into the cache "
+        "(<cache>/pretrained/<name>.safetensors).",
+    )
+    parser.add_argument("--pretrained", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("names", nargs="*", help="model names, e.g. style_vangogh horse2zebra")
+    parser.add_argument("--all", action="store_true", help="every model")
+    parser.add_argument("--list", action="store_true", help="list the models and exit")
+    parser.add_argument("--cache-dir", type=Path, default=None, help=f"cache root (default ${CACHE_ENV})")
+    parser.add_argument(
+        "--base-url", default=None, help=f"model host (default ${BASE_URL_ENV} or the official one)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds (default 10)")
+    parser.add_argument("--keep-original", action="store_true", help="keep <name>.pth beside the conversion")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.list:
+        print(listing())
+        print(f"(trained with the official CycleGAN code: ResNet-9, 64 channels; credit: {CREDIT})")
+        return 0
+    names = list(MODELS) if args.all else args.names
+    if not names:
+        parser.error("name at least one model (or --all, --list)")
+    try:
+        for name in names:
+            _model(name)
+    except PretrainedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names:
+        try:
+            path = download_pretrained(
+                name,
+                cache=args.cache_dir,
+                url=f"{base_url(args.base_url)}/{name}.pth",
+                timeout=args.timeout,
+                keep_original=args.keep_original,
+            )
+            print(f"{name}: {path}")
+        except PretrainedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`stylegan-download`: pretrained generators with `--pretrained`, datasets otherwise."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--pretrained" in argv:
+        return pretrained_main(argv)
+    return datasets.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
