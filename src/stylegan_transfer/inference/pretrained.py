@@ -27,6 +27,7 @@ from pathlib import Path
 from torch import nn
 
 from stylegan_transfer import datasets
+from stylegan_transfer.cache import CACHE_ENV, cache_dir
 from stylegan_transfer.datasets import DownloadError, download_file
 from stylegan_transfer.inference.generator_file import ExportError, load_generator, read_metadata
 from stylegan_transfer.inference.official import OfficialFormatError, convert_official
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
 BASE_URL_ENV = "STYLEGAN_PRETRAINED_URL"
-CACHE_ENV = "STYLEGAN_TRANSFER_CACHE"
+
 OFFLINE_ENV = "STYLEGAN_TRANSFER_OFFLINE"
 CREDIT = "CycleGAN, Zhu, Park, Isola and Efros 2017 (github.com/junyanz/pytorch-CycleGAN-and-pix2pix)"
 
@@ -103,14 +104,6 @@ MODELS: dict[str, PretrainedModel] = {
 
 class PretrainedError(ExportError):
     """A pretrained generator could not be found, downloaded or converted; the message says what to do."""
-
-
-def cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "stylegan_transfer"
 
 
 def base_url(override: str | None = None) -> str:

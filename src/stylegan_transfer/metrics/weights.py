@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import tarfile
 import zipfile
@@ -30,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from stylegan_transfer.atomic import atomic_path
+from stylegan_transfer.cache import cache_dir
 from stylegan_transfer.metrics.scores import LPIPS, FIDInceptionV3, InceptionFeatures
 
 FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -63,14 +63,6 @@ OFFLINE_HELP = (
 
 class MetricWeightsError(RuntimeError):
     """Pretrained metric weights could not be found, verified or read; the message says how to get them."""
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("STYLEGAN_TRANSFER_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "stylegan_transfer"
 
 
 def _help(what: str) -> str:
