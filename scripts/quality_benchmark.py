@@ -172,6 +172,10 @@ def train_command(task: Task, run_dir: Path, overrides: str, seed: int, epochs: 
         f"model.epochs_decay={epochs - half}",
         f"seed={seed}",
         "logger=csv",
+        # Every row is scored on its final generator: no in-training selection (and no truth leaks into it).
+        "callbacks.kid=null",
+        "callbacks.best=null",
+        "callbacks.export_best=null",
         f"hydra.run.dir={run_dir}",
     ]
     return [sys.executable, str(REPO / "train.py"), *base, *shlex.split(overrides)]
