@@ -156,12 +156,13 @@ def _prepare_wandb(logger_cfg: DictConfig | None) -> bool:
     if logger_cfg is None or "wandb" not in str(logger_cfg.get("_target_", "")).lower():
         return False
     if os.environ.get("WANDB_MODE") is None and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"
-        log.warning(
-            "W&B: no credentials found, logging offline (no account needed). "
-            "To upload later: wandb login && wandb sync %s/wandb/offline-run-*",
-            logger_cfg.get("save_dir", "."),
-        )
+        os.environ["WANDB_MODE"] = "offline"  # every rank; rank 0 alone creates the run and says so
+        if launch_rank() == 0:
+            log.warning(
+                "W&B: no credentials found, logging offline (no account needed). "
+                "To upload later: wandb login && wandb sync %s/wandb/offline-run-*",
+                logger_cfg.get("save_dir", "."),
+            )
     return True
 
 
