@@ -417,3 +417,16 @@ def test_colours_survive_with_the_inputs_colour_description(tmp_path, color_rang
         ]
     )
     assert difference < 2.5  # YUV rounding only
+
+
+@pytest.mark.slow
+def test_cli_video_options_reach_the_translation(tmp_path, export_path, capsys):
+    clip = write_video(tmp_path / "clip.mp4", moving_shapes(6, 48, 32))
+    code = main(["--checkpoint", str(export_path), "--device", "cpu", "--input", str(clip), "--output",
+                 str(tmp_path / "out"), "--no-audio", "--video-stats", "per-frame", "--size", "32",
+                 "--video-format", "mkv", "--crf", "30", "--preset", "ultrafast"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    result = read_video(tmp_path / "out" / "clip.mkv")
+    assert result["size"] == (32, 20) and result["audio"] == [] and len(result["frames"]) == 6
+    assert "statistics per frame" in err and "aac left out" in err

@@ -154,7 +154,7 @@ class VideoInfo:
     height: int
     rotation: int  # counter-clockwise degrees of the display matrix (0 when none)
     fps: Fraction
-    time_base: Fraction | None
+    time_base: Fraction  # of the video stream's timestamps
     frames: int | None  # from the header, or estimated from the duration; None when unknown
     frames_exact: bool  # the frame count comes from the header
     duration: float | None  # seconds
@@ -203,7 +203,7 @@ def _describe(container: Any, path: Path) -> VideoInfo:
         height=stream.codec_context.height,
         rotation=rotation,
         fps=Fraction(fps),
-        time_base=stream.time_base,
+        time_base=stream.time_base or Fraction(1, 90_000),
         frames=frames or None,
         frames_exact=bool(stream.frames),
         duration=duration,
@@ -605,7 +605,7 @@ class _Timestamps:
     input has none."""
 
     def __init__(self, info: VideoInfo) -> None:
-        self.time_base = info.time_base or Fraction(1, 90_000)
+        self.time_base = info.time_base
         self.step = max(1, round(1 / (info.fps * self.time_base)))
         self.last: int | None = None
 
