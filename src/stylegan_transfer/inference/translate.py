@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--role", choices=("g_ab", "g_ba"), default="g_ab", help="which generator of a .ckpt (A→B or B→A)"
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (same size)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="images (same size) or video frames per forward pass"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument(
         "--precision",

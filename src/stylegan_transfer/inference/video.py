@@ -18,7 +18,7 @@ much as the input does. Per clip rather than a sliding window per scene: any sta
 time, however slowly, reintroduce a global drift of colour and contrast, and a window needs a look-ahead
 buffer of frames; a clip that joins very different scenes is better cut into scenes first (or translated
 with `stats="per-frame"`, the behaviour of translating the frames as separate images, kept to compare).
-The statistics pass decodes the video once more before translating (decoding costs a few per cent of
+The statistics pass decodes the video once more before translating (decoding is cheap next to
 translating) and runs the generator on the sampled frames only. Note that per-frame statistics cancel a
 change of brightness or contrast of the *whole* frame (an affine change of the input is normalised away
 by the first layer), which held statistics pass through like any other change of the input.
@@ -34,6 +34,9 @@ orientation, so the output displays the way the input does; for multiples of 90 
 turned upright for the generator and turned back after it. GIF has no rotation metadata, so GIF output
 is written upright and holds no audio; it uses one 256-colour palette taken from the first translated
 batch, without dithering (a palette or a dither pattern that changed from frame to frame would flicker).
+The colour description (matrix, range, primaries, transfer) is kept: frames go back to YUV with the matrix
+and range they were decoded with, and the output is tagged like the input. `side_by_side` writes a second
+file with input and translation next to each other, from the same pass.
 
 Failures. A file that cannot be opened ends with one `VideoError` line naming it and leaves no output. A
 video that turns out damaged or truncated while decoding stops there: the frames translated so far are
