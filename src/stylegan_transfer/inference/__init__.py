@@ -1,7 +1,17 @@
 """Running trained generators without the training stack: the generator file format, the one checkpoint
-reader, exports (safetensors, ONNX, torch.export), tiling and translation (API and CLI)."""
+reader, exports (safetensors, ONNX, torch.export), tiling and translation of images and videos (API and CLI)."""
 
 from stylegan_transfer.inference.generator_file import ExportError, load_generator, read_metadata
 from stylegan_transfer.inference.translate import translate, translate_tensor
+from stylegan_transfer.inference.video import VideoError, flicker_ratio, translate_video
 
-__all__ = ["ExportError", "load_generator", "read_metadata", "translate", "translate_tensor"]
+__all__ = [
+    "ExportError",
+    "VideoError",
+    "flicker_ratio",
+    "load_generator",
+    "read_metadata",
+    "translate",
+    "translate_tensor",
+    "translate_video",
+]

@@ -5,6 +5,7 @@
 
 Every image keeps its size and aspect (padded to the generator's size multiple, cropped back). Large
 images can be translated in overlapping tiles (`tile=`) with consistent normalisation (see `tiling`).
+Videos (mp4, mov, mkv, webm, gif) go to `video.translate_video`: streamed, without flicker, audio kept.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from stylegan_transfer.devices import pick_device
 from stylegan_transfer.images import IMAGE_EXTENSIONS, load_rgb, save_image, to_image, to_tensor
+from stylegan_transfer.inference import video
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.generator_file import ExportError, generator_multiple, load_generator
 from stylegan_transfer.inference.tiling import PRECISIONS, TileOptions, autocast, translate_tiled
@@ -79,24 +81,23 @@ class InputError(ValueError):
 
 
 def collect_inputs(inputs: Sequence[str], *, recursive: bool) -> list[tuple[Path, Path]]:
-    """(image path, output path relative to the output folder) for files, folders and glob patterns."""
+    """(image or video path, output path relative to the output folder) for files, folders and globs."""
+    media = IMAGE_EXTENSIONS | video.VIDEO_EXTENSIONS
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         if any(ch in item for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            files = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            files = [p for p in matches if p.is_file() and p.suffix.lower() in media]
             if not files:
-                raise InputError(f"no image matches the pattern {item!r}")
+                raise InputError(f"no image or video matches the pattern {item!r}")
             found += [(p, Path(p.name)) for p in files]
         elif Path(item).is_dir():
             folder = Path(item)
             pattern = "**/*" if recursive else "*"
-            files = sorted(
-                p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in media)
             if not files:
                 hint = "" if recursive else " (use --recursive to look in sub-folders)"
-                raise InputError(f"folder {folder} holds no images{hint}")
+                raise InputError(f"folder {folder} holds no images or videos{hint}")
             found += [(p, p.relative_to(folder)) for p in files]
         elif Path(item).is_file():
             found.append((Path(item), Path(Path(item).name)))
@@ -115,8 +116,8 @@ def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stylegan-translate",
-        description="Translate images with a trained generator (safetensors export, Lightning .ckpt or a "
-        "pretrained model name).",
+        description="Translate images and videos with a trained generator (safetensors export, training "
+        ".ckpt or a pretrained model name).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help=".safetensors export or .ckpt")
@@ -125,14 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrained model name, e.g. style_vangogh (`stylegan-download --pretrained --list`); "
         "downloaded and converted on first use",
     )
-    parser.add_argument("inputs", nargs="*", help="image files, folders or glob patterns (or --input)")
-    parser.add_argument("--input", nargs="+", default=[], help="image files, folders or glob patterns")
+    parser.add_argument("inputs", nargs="*", help="image/video files, folders or globs (or --input)")
+    parser.add_argument("--input", nargs="+", default=[], help="image/video files, folders or globs")
     parser.add_argument("--output", required=True, type=Path, help="output folder")
     parser.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     parser.add_argument(
         "--role", choices=("g_ab", "g_ba"), default="g_ab", help="which generator of a .ckpt (A→B or B→A)"
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (same size)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="images (same size) or video frames per forward pass"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument(
         "--precision",
@@ -149,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--side-by-side", action="store_true", help="also write <name>_side_by_side.<ext>")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    video.add_video_arguments(parser)
     return parser
 
 
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--batch-size must be at least 1")
     if args.tile is not None and args.tile < 16:
         return fail("--tile must be at least 16 pixels (try 512)")
+    if problem := video.check_video_arguments(args):
+        return fail(problem)
     try:
         device = pick_device(args.device)
         torch.empty(0, device=device)
@@ -198,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
 
     planned: dict[Path, Path] = {}  # output -> input; the same file named twice is translated once
     for src, relative in jobs:
-        dst = _output_path(args.output, relative, args.format)
+        if video.is_video(src):
+            dst = video.video_output_path(args.output, relative, args.video_format)
+        else:
+            dst = _output_path(args.output, relative, args.format)
         other = planned.setdefault(dst, src)
         if other.resolve() != src.resolve():
             return fail(
@@ -211,13 +220,22 @@ def main(argv: list[str] | None = None) -> int:
             skipped += 1
         else:
             todo.append((src, dst))
+    videos = [(src, dst) for src, dst in todo if video.is_video(src)]
+    todo = [(src, dst) for src, dst in todo if not video.is_video(src)]
+    if videos:
+        try:
+            video.import_av()
+        except video.VideoError as err:
+            return fail(f"{videos[0][0]}: {err}")
+        if problem := video.check_outputs([dst for _, dst in videos], args):
+            return fail(problem)
 
     def emit(src: Path, dst: Path, image: Image.Image, result: Image.Image) -> None:
         save_image(result, dst)
         if args.side_by_side:
             save_image(side_by_side(image, result), dst.with_name(f"{dst.stem}_side_by_side{dst.suffix}"))
 
-    bar = tqdm(total=len(todo), unit="img", disable=args.quiet, desc="translate")
+    bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not todo, desc="translate")
     for start in range(0, len(todo), args.batch_size):
         chunk = todo[start : start + args.batch_size]
         loaded: list[tuple[Path, Path, Image.Image]] = []
@@ -246,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(f"error: {names}: {err}; skipped", file=sys.stderr)
             bar.update(len(group))
     bar.close()
+    if videos:
+        done, broken = video.run_videos(
+            generator, videos, args, device=device, precision=precision, tile=tile
+        )
+        written, failed = written + done, failed + broken
     summary = f"{written} written, {skipped} skipped (already exist; --overwrite replaces), {failed} failed"
     print(f"stylegan-translate: {summary} -> {args.output}", file=sys.stderr)
     return 1 if failed else 0
