@@ -187,7 +187,7 @@ class KIDEvaluation(L.Callback):
     def __init__(
         self,
         *,
-        every_n_epochs: int = 1,
+        every_n_epochs: int = 5,
         num_images: int = 100,
         compute_fid: bool = False,
         inception_weights: str | None = None,

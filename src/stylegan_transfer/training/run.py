@@ -8,7 +8,9 @@ place where configuration objects are read; everything below receives typed keyw
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
+import math
 import netrc
 import os
 import sys
@@ -23,12 +25,19 @@ from omegaconf import DictConfig, OmegaConf
 from stylegan_transfer.datasets import DEMO_ROOT, DataError
 from stylegan_transfer.inference.checkpoint import ROLES
 from stylegan_transfer.inference.export import write_generators
+from stylegan_transfer.networks import DISCRIMINATORS, GENERATORS
 from stylegan_transfer.perceptual import VGGWeightsError
 from stylegan_transfer.training.callbacks import AtomicCheckpointIO, ExportMetadata, RNGState
 
 log = logging.getLogger(__name__)
 ASSETS = DEMO_ROOT.parent
-USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError)  # reported as one clear line, exit code 2
+
+
+class ConfigError(ValueError):
+    """A configuration that composes but cannot be built; the message says which override fixes it."""
+
+
+USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError, ConfigError)  # one clear line, exit code 2
 
 
 def quiet_known_warnings() -> None:
@@ -37,14 +46,15 @@ def quiet_known_warnings() -> None:
 
 
 def register_resolvers() -> None:
-    """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.dirname:...}` → a safe folder
-    name; `${st.parent:path}` → the folder containing `path`. Called by the entry points (train.py,
-    `stylegan-train`) and by tests, never at import time."""
+    """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.log2:n}` → floor(log2 n);
+    `${st.dirname:...}` → a safe folder name; `${st.parent:path}` → the folder containing `path`. Called by
+    the entry points (train.py, `stylegan-train`) and by tests, never at import time."""
     OmegaConf.register_new_resolver("st.asset", lambda name: str(ASSETS / name), replace=True)
     OmegaConf.register_new_resolver(
         "st.parent", lambda path: str(Path(path).expanduser().parent), replace=True
     )
     OmegaConf.register_new_resolver("st.sum", lambda *xs: sum(xs), replace=True)
+    OmegaConf.register_new_resolver("st.log2", lambda n: int(math.log2(int(n))), replace=True)
     OmegaConf.register_new_resolver("st.dirname", safe_dirname, replace=True)
 
 
@@ -55,6 +65,23 @@ def safe_dirname(text: str, limit: int = 120) -> str:
         return text
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     return f"{text[: limit - 9]}_{digest}"
+
+
+def check_networks(model_cfg: DictConfig) -> None:
+    """Each network's settings must be ones its architecture takes. `model.generator.arch=unet` keeps the
+    ResNet file's `n_blocks`; the fix is the config group, which swaps the whole settings block."""
+    for role, registry in (("generator", GENERATORS), ("discriminator", DISCRIMINATORS)):
+        net = model_cfg.get(role)
+        if net is None or net.get("arch") not in registry:
+            continue  # none, or an unknown arch: the registry's own error names the known ones
+        arch = net.arch
+        accepted = inspect.signature(registry[arch]).parameters
+        unknown = sorted(str(k) for k in net if k != "arch" and k not in accepted)
+        if unknown:
+            raise ConfigError(
+                f"model.{role}.arch={arch}: {', '.join(unknown)} are not settings of the {arch} {role}; "
+                f"choose the architecture with its config group instead: model/{role}={arch}"
+            )
 
 
 def wandb_has_credentials() -> bool:
@@ -169,6 +196,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path {cfg.ckpt_path} does not exist; give the path of a .ckpt file "
             "(for example <run>/checkpoints/last.ckpt)."
         )
+    check_networks(cfg.model)
     module = instantiate(cfg.model)
 
     metadata = export_metadata(cfg)
@@ -208,4 +236,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-__all__ = ["DataError", "quiet_known_warnings", "register_resolvers", "run_job", "train"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "check_networks",
+    "quiet_known_warnings",
+    "register_resolvers",
+    "run_job",
+    "train",
+]
