@@ -1,17 +1,11 @@
-"""Train a translation model.  python train.py [style=vangogh] [trainer=gpu] [experiment=...] [-m sweeps]"""
+"""Train a translation model.  python train.py [style=vangogh] [trainer=gpu] [experiment=...] [-m sweeps]
 
-import hydra
-from omegaconf import DictConfig
+The same as the installed `stylegan-train` command, reading the repository's configs/ folder directly.
+"""
 
-from stylegan_transfer.training.run import quiet_known_warnings, register_resolvers, run_job
+from pathlib import Path
 
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return run_job(cfg)
-
+from stylegan_transfer.training.cli import launch
 
 if __name__ == "__main__":
-    quiet_known_warnings()
-    register_resolvers()
-    main()
+    launch(str(Path(__file__).resolve().parent / "configs"))

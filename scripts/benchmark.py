@@ -4,8 +4,8 @@
     python scripts/benchmark.py --sizes 128 256 --steps 20 --warmup 5 --out bench/
     python scripts/benchmark.py --int8                # CPU: also ONNX Runtime int8 vs fp32 inference
 
-Two training configurations run in the same process:
-  reference  the official code's behaviour: fp32, eager, batch 1, default cuDNN settings, plain Adam;
+Two training configurations run in the same process, both composed from configs/ (Hydra's compose API):
+  reference  perf=none with plain Adam, the official code's behaviour: fp32, eager, batch 1, default cuDNN;
   fast       this project's preset (configs/perf/gpu.yaml on a GPU: bf16 autocast, channels_last,
              torch.compile, fused Adam, cuDNN autotuning, larger batch; configs/perf/cpu.yaml on a CPU).
 Both are real Lightning `Trainer.fit` runs of `CycleGANModule` with all CycleGAN losses. FLOPs are counted
@@ -29,11 +29,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from stylegan_transfer.networks import build_generator, init_weights
 from stylegan_transfer.training.cyclegan import CycleGANModule
+from stylegan_transfer.training.run import register_resolvers
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def sync(device: torch.device) -> None:
@@ -116,34 +120,41 @@ def synthetic_batches(count: int, batch: int, size: int) -> DataLoader:
     return DataLoader(batches, batch_size=None)  # already batched; Lightning moves them to the device
 
 
+def perf_preset(trainer: str, perf: str, *overrides: str) -> dict[str, Any]:
+    """The speed settings of `python train.py trainer=<trainer> perf=<perf> [overrides]`, composed from the
+    real configs/ (train.yaml and configs/perf/*.yaml), so the benchmark measures what training runs."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"trainer={trainer}", f"perf={perf}", *overrides])
+    return {
+        "batch": int(cfg.data.batch_size),
+        "precision": str(cfg.trainer.precision),
+        "cudnn_benchmark": bool(cfg.trainer.get("benchmark") or False),
+        "module": {
+            "channels_last": bool(cfg.model.channels_last),
+            "compile": bool(cfg.model.compile),
+            "fused_adam": cfg.model.fused_adam,
+            "lr_scaling": str(cfg.model.lr_scaling),
+        },
+    }
+
+
 def training_configs(device: torch.device, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    reference = {
-        "batch": 1,
-        "precision": "32-true",
-        "cudnn_benchmark": False,
-        "module": {"channels_last": False, "compile": False, "fused_adam": False},
-    }
+    """reference: perf=none with plain Adam (the official code's behaviour); fast: perf=gpu on a GPU,
+    perf=cpu on a CPU; on a CPU also that preset with channels_last in fp32 and in bf16."""
+    trainer = "gpu" if device.type == "cuda" else "cpu"
+    tweaks = [f"data.batch_size={args.batch}"] if args.batch else []
+    tweaks += ["model.compile=false"] if args.no_compile else []
+    reference = perf_preset(trainer, "none", "model.fused_adam=false")
     if device.type == "cuda":
-        fast = {
-            "batch": args.batch,
-            "precision": "bf16-mixed",
-            "cudnn_benchmark": True,
-            "module": {"channels_last": True, "compile": not args.no_compile, "fused_adam": True},
-        }
-        return {"reference": reference, "fast": fast}
-    fast = {  # configs/perf/cpu.yaml: bf16 autocast (AVX-512 BF16 / AMX CPUs), NCHW
-        "batch": args.batch,
-        "precision": "bf16-mixed",
-        "cudnn_benchmark": False,
-        "module": {"channels_last": False, "compile": False, "fused_adam": False},
-    }
-    fp32_channels_last = {**fast, "precision": "32-true", "module": {**fast["module"], "channels_last": True}}
-    bf16_channels_last = {**fast, "module": {**fast["module"], "channels_last": True}}
+        return {"reference": reference, "fast": perf_preset(trainer, "gpu", *tweaks)}
     return {
         "reference": reference,
-        "fast": fast,
-        "fp32_channels_last": fp32_channels_last,
-        "bf16_channels_last": bf16_channels_last,
+        "fast": perf_preset(trainer, "cpu", *tweaks),
+        "fp32_channels_last": perf_preset(
+            trainer, "cpu", *tweaks, "trainer.precision=32-true", "model.channels_last=true"
+        ),
+        "bf16_channels_last": perf_preset(trainer, "cpu", *tweaks, "model.channels_last=true"),
     }
 
 
@@ -380,7 +391,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sizes", type=int, nargs="+", help="training sizes (default: 256 on GPU, 128 on CPU)"
     )
-    parser.add_argument("--batch", type=int, help="batch of the fast configuration (default: 8 GPU, 1 CPU)")
+    parser.add_argument("--batch", type=int, help="batch of the fast configuration (default: the preset's)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, autotuning)")
     parser.add_argument("--inference-sizes", type=int, nargs="*", help="default: 256 512 1024 GPU, 256 CPU")
@@ -404,7 +415,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.exit(2, f"error: --device {args.device} is not available here; use --device cpu\n")
     gpu = args.device == "cuda"
     args.sizes = args.sizes or ([256] if gpu else [128])
-    args.batch = args.batch or (8 if gpu else 1)
     args.inference_sizes = args.inference_sizes if args.inference_sizes is not None else (
         [256, 512, 1024] if gpu else [256]
     )  # fmt: skip

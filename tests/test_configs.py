@@ -1,13 +1,21 @@
-"""Every style and experiment file composes with the real train.yaml and instantiates."""
+"""The configs: every style and experiment composes with the real train.yaml and instantiates; YAML values
+agree with the Python signatures they feed; the demo, speed and generator choices compose as documented."""
 
+import inspect
 from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+import torch
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
 
+from conftest import run_train_py
+from stylegan_transfer.networks import DISCRIMINATORS, GENERATORS
+from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.data import UnpairedDataModule
+from stylegan_transfer.training.fast_style import FastStyleModule
+from stylegan_transfer.training.run import ConfigError, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STYLES = sorted(p.stem for p in (CONFIGS / "style").glob("*.yaml"))
@@ -29,6 +37,7 @@ def test_style_composes_and_instantiates(compose_cfg, style):
     OmegaConf.resolve(cfg)
     assert cfg.style.name == style
     assert cfg.style.swap_domains in (True, False)
+    assert unknown_keys(cfg) == []
     datamodule, model, trainer = instantiate_all(cfg)
     assert isinstance(datamodule, UnpairedDataModule) and isinstance(model, CycleGANModule)
     assert trainer.max_epochs == cfg.model.epochs_constant + cfg.model.epochs_decay
@@ -39,6 +48,7 @@ def test_experiment_composes_and_instantiates(compose_cfg, experiment):
     first_line = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text().splitlines()[:2]
     assert any(f"experiment={experiment}" in line for line in first_line), "command on the first lines"
     cfg = compose_cfg(f"experiment={experiment}", tiny=False)
+    assert unknown_keys(cfg) == []
     OmegaConf.resolve(cfg)
     instantiate_all(cfg)
 
@@ -46,6 +56,7 @@ def test_experiment_composes_and_instantiates(compose_cfg, experiment):
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
 def test_trainer_presets(compose_cfg, trainer):
     cfg = compose_cfg(f"trainer={trainer}")
+    assert unknown_keys(cfg) == []
     assert cfg.trainer.use_distributed_sampler is False
     if trainer == "gpu":
         assert cfg.trainer.precision == "bf16-mixed"
@@ -85,3 +96,305 @@ def test_demo_data_ships_with_its_attribution():
     assert "public domain" in attribution
     total = sum(f.stat().st_size for f in demo.rglob("*") if f.is_file())
     assert total < 3_000_000  # a few MB at most
+
+
+# ----------------------------------------------------------------------------- one source of truth per value
+# The YAML files restate defaults so that every knob is visible and overridable; these tests keep them equal
+# to the Python signatures they feed. A value of ours that differs on purpose is listed here, with the reason.
+ALLOWED_DIFFERENCES = {
+    # CycleGAN trains every network with instance norm; UnetGenerator's own default is pix2pix's batch norm.
+    ("model/generator/unet.yaml", "norm"),
+}
+NETWORK_GROUPS = {"model/generator": GENERATORS, "model/discriminator": DISCRIMINATORS}
+HYDRA_KEYS = {"_target_", "_convert_", "_recursive_", "_partial_", "_args_"}
+YAML_FILES = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
+
+
+def _parameters(target) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The keyword parameters of a callable (a class: its constructor), and whether it takes **kwargs."""
+    params = inspect.signature(target).parameters
+    named = {n: p for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _settings(node: dict, path: str):
+    """(path, target, settings) for every `_target_` dict in `node`, at any depth."""
+    if "_target_" in node:
+        yield path, get_object(node["_target_"]), node
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _settings(value, f"{path}.{key}" if path else key)
+
+
+def _networks(cfg: dict) -> list[tuple[str, type, dict]]:
+    model = cfg.get("model") or {}
+    registries = (("generator", GENERATORS), ("discriminator", DISCRIMINATORS))
+    return [(f"model.{k}", reg[model[k]["arch"]], model[k]) for k, reg in registries if model.get(k)]
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys that no callable takes: of every `_target_` node and of each network's settings block."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    found = []
+    for path, target, node in [*_settings(plain, ""), *_networks(plain)]:
+        params, takes_kwargs = _parameters(target)
+        if not takes_kwargs:
+            found += [f"{path}.{k}" for k in node if k not in HYDRA_KEYS | {"arch"} and k not in params]
+    return found
+
+
+def _normalise(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("name", YAML_FILES)
+def test_yaml_values_equal_the_signature_defaults(name):
+    """Every literal value a YAML file gives one of our callables equals that parameter's default (unless
+    allow-listed), and every key is a parameter. Third-party targets (Trainer, loggers): keys only."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONFIGS / name), resolve=False)
+    raw.pop("defaults", None)
+    group = str(Path(name).parent)
+    found = list(_settings(raw, ""))
+    if group in NETWORK_GROUPS:
+        found.append(("", NETWORK_GROUPS[group][raw["arch"]], raw))
+    for path, target, node in found:
+        params, takes_kwargs = _parameters(target)
+        ours = target.__module__.startswith("stylegan_transfer")
+        for key, value in node.items():
+            where = f"{name}: {path + '.' if path else ''}{key}"
+            if key in HYDRA_KEYS or key == "arch" or (name, key) in ALLOWED_DIFFERENCES:
+                continue
+            assert key in params or takes_kwargs, f"{where} is not a parameter of {target.__qualname__}"
+            if not ours or key not in params or params[key].default is inspect.Parameter.empty:
+                continue
+            if isinstance(value, str) and "${" in value:
+                continue  # an interpolation: its value comes from elsewhere in the config
+            default = _normalise(params[key].default)
+            assert value == default, f"{where} = {value!r}, but {target.__qualname__} defaults to {default!r}"
+
+
+def test_the_allow_list_names_real_differences():
+    for name, key in ALLOWED_DIFFERENCES:
+        raw = OmegaConf.to_container(OmegaConf.load(CONFIGS / name), resolve=False)
+        target = NETWORK_GROUPS[str(Path(name).parent)][raw["arch"]]
+        assert raw[key] != _parameters(target)[0][key].default, f"{name}: {key} no longer differs"
+
+
+def test_the_vgg_layer_lists_come_from_perceptual(compose_cfg):
+    for name in ("model/cyclegan.yaml", "model/fast_style.yaml"):
+        raw = OmegaConf.load(CONFIGS / name)
+        assert "content_layers" not in raw and "style_layers" not in raw, name
+    cfg = compose_cfg()
+    OmegaConf.resolve(cfg)
+    model = instantiate(cfg.model)
+    assert model.perceptual.content_layers == list(CONTENT_LAYERS)
+    assert model.perceptual.style_layers == list(STYLE_LAYERS)
+
+
+# Choices whose combinations pick the specialised files (size/…, debug/…): every one composes to keys that
+# the callables take, and with the debug sizes the model builds.
+MODEL_GENERATORS = [("cyclegan", g) for g in GENERATORS] + [
+    ("fast_style", g) for g in ("johnson", "resnet", "unet")
+]
+SIZES = [("size=paper",), ("size=demo",), ("debug=tiny",), ("debug=fast",)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: s[0])
+@pytest.mark.parametrize(("model", "generator"), MODEL_GENERATORS)
+def test_every_model_generator_and_size_composes_to_known_keys(compose_cfg, model, generator, size):
+    cfg = compose_cfg(f"model={model}", f"model/generator={generator}", *size, tiny=False)
+    assert cfg.model.generator.arch == generator
+    assert unknown_keys(cfg) == []
+    if model == "fast_style":
+        assert "discriminator" not in cfg.model and "pool_size" not in cfg.model
+    if size[0].startswith("debug"):
+        OmegaConf.resolve(cfg)
+        module = instantiate(cfg.model)
+        image = torch.zeros(1, 3, cfg.data.crop_size, cfg.data.crop_size)  # (B, C, H, W)
+        assert module.g_ab(image).shape == image.shape
+
+
+@pytest.mark.parametrize("overrides", [(), ("debug=tiny",), ("style=vangogh",)], ids=str)
+def test_the_pixel_discriminator_composes_and_builds(compose_cfg, overrides):
+    cfg = compose_cfg("model/discriminator=pixel", *overrides, tiny=False)
+    assert unknown_keys(cfg) == []
+    OmegaConf.resolve(cfg)
+    assert type(instantiate(cfg.model).d_a).__name__ == "PixelDiscriminator"
+
+
+SPECIALISED = {  # folder: (the group named first in the file name, the group named second)
+    "size/model": ("size", "model"),
+    "size/generator": ("size", "model/generator"),
+    "debug/model": ("debug", "model"),
+    "debug/generator": ("debug", "model/generator"),
+    "perf/by_trainer": ("perf", "trainer"),
+}
+
+
+def _options(group: str) -> set[str]:
+    return {p.stem for p in (CONFIGS / group).glob("*.yaml")}
+
+
+@pytest.mark.parametrize("folder", sorted(SPECIALISED))
+def test_specialised_files_are_named_after_real_choices(folder):
+    """They are `optional` in train.yaml, so a misspelt name would silently do nothing."""
+    first, second = SPECIALISED[folder]
+    files = sorted((CONFIGS / folder).glob("*.yaml"))
+    assert files
+    for path in files:
+        head, _, tail = path.stem.partition("_")
+        if tail not in _options(second):  # the first group's option may contain "_" (fast_style)
+            head, _, tail = path.stem.rpartition("_")
+        assert head in _options(first) and tail in _options(second), path
+    assert f"optional {folder}@" in (CONFIGS / "train.yaml").read_text()
+
+
+# ----------------------------------------------------------------------------- the demo preset
+def test_style_files_say_which_images_only():
+    for path in sorted((CONFIGS / "style").glob("*.yaml")):
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+        assert set(raw) <= {"style", "defaults"}, path.name
+        assert raw.get("defaults", []) in ([], [{"override /size": "demo"}]), path.name
+
+
+# `python train.py` as it trained before the sizes moved out of style/demo.yaml (composed on main, f8722ba).
+DEMO_MODEL = {
+    "generator": {"arch": "resnet", "channels": 32, "n_blocks": 6, "norm": "instance", "upsample": "transpose", "dropout": False},
+    "discriminator": {"arch": "patch", "channels": 32, "n_layers": 3, "norm": "instance"},
+    "init_type": "normal", "init_gain": 0.02, "gan_mode": "lsgan", "lambda_cycle": 10.0, "lambda_identity": 0.5,
+    "lambda_gp": 10.0, "lambda_content": 0.0, "lambda_style": 0.0, "lambda_tv": 0.0,
+    "content_layers": ["relu4_2"], "style_layers": ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
+    "vgg_weights": None, "lr": 0.0002, "beta1": 0.5, "beta2": 0.999, "epochs_constant": 12, "epochs_decay": 12,
+    "pool_size": 50, "seed": 0, "batch_size": 1, "lr_scaling": "none", "channels_last": False, "compile": False,
+    "fused_adam": None,
+}  # fmt: skip
+DEMO_DATA = {
+    "preprocess": "resize_and_crop", "load_size": 72, "crop_size": 64, "flip": True, "batch_size": 1,
+    "num_workers": 2, "val_size": 6, "max_dataset_size": None, "swap_domains": False, "download": False,
+    "dataset": None, "dir_a": None, "dir_b": None, "seed": 0,
+}  # fmt: skip
+DEMO_TRAINER = {
+    "_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1, "precision": "32-true",
+    "max_epochs": 24, "check_val_every_n_epoch": 1, "log_every_n_steps": 10, "num_sanity_val_steps": 0,
+    "use_distributed_sampler": False,
+}  # fmt: skip
+
+
+def test_the_demo_trains_exactly_as_before(compose_cfg):
+    cfg = compose_cfg(tiny=False)
+    OmegaConf.resolve(cfg)
+    hparams = {k: _normalise(v) for k, v in instantiate(cfg.model).hparams.items()}
+    assert hparams == DEMO_MODEL
+    data = OmegaConf.to_container(cfg.data)
+    assert {k: data[k] for k in DEMO_DATA} == DEMO_DATA
+    trainer = OmegaConf.to_container(cfg.trainer)
+    assert trainer.pop("default_root_dir") == cfg.paths.output_dir and trainer == DEMO_TRAINER
+    # + quality-based selection (val/kid evaluation and the best-by-KID export), on purpose since issue 12
+    assert sorted(cfg.callbacks) == ["best", "checkpoint", "crash", "export_best", "kid", "progress", "samples"]
+
+
+def test_paper_sizes_with_the_demo_images(compose_cfg):
+    cfg = compose_cfg("size=paper", tiny=False)
+    assert cfg.style.name == "demo" and cfg.data.crop_size == 256
+    assert cfg.model.generator.n_blocks == 9 and cfg.model.epochs_constant == 100
+
+
+def test_fast_style_takes_no_cyclegan_settings(compose_cfg, tmp_path):
+    params, _ = _parameters(FastStyleModule)
+    assert "discriminator" not in params and "pool_size" not in params
+    for overrides in ((), ("debug=tiny",), ("debug=fast",)):
+        cfg = compose_cfg("experiment=fast_style", *overrides, tiny=False)
+        assert "discriminator" not in cfg.model and "pool_size" not in cfg.model, overrides
+        assert unknown_keys(cfg) == []
+    assert compose_cfg("experiment=fast_style").model.generator == {
+        "arch": "johnson",
+        "channels": 4,
+        "n_blocks": 1,
+        "norm": "instance",
+    }
+
+
+# ----------------------------------------------------------------------------- speed presets
+def _speed(cfg) -> tuple:
+    return (
+        cfg.trainer.precision,
+        cfg.trainer.get("benchmark"),
+        cfg.data.batch_size,
+        cfg.model.compile,
+        cfg.model.channels_last,
+        cfg.model.fused_adam,
+        cfg.model.lr_scaling,
+    )
+
+
+PAPER_SPEED = ("32-true", None, 1, False, False, None, "none")
+GPU_SPEED = ("bf16-mixed", True, 8, True, True, True, "sqrt")
+
+
+SPEED_CASES = [
+    ((), PAPER_SPEED),
+    (("trainer=gpu",), GPU_SPEED),
+    (("trainer=ddp",), GPU_SPEED),
+    (("trainer=gpu", "perf=none"), PAPER_SPEED),
+    (("trainer=ddp", "perf=none"), PAPER_SPEED),
+    (("trainer=gpu", "perf=gpu"), GPU_SPEED),
+    (("perf=gpu",), GPU_SPEED),
+    (("perf=cpu",), ("bf16-mixed", None, 1, False, False, None, "none")),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"), SPEED_CASES, ids=[" ".join(o) or "default" for o, _ in SPEED_CASES]
+)
+def test_the_trainer_does_not_choose_the_speed_preset_perf_does(compose_cfg, overrides, expected):
+    cfg = compose_cfg(*overrides, tiny=False)
+    assert _speed(cfg) == expected
+    assert cfg.trainer.accelerator == (
+        "gpu" if "trainer=gpu" in overrides or "trainer=ddp" in overrides else "cpu"
+    )
+
+
+def test_trainer_files_select_no_other_group():
+    for path in sorted((CONFIGS / "trainer").glob("*.yaml")):
+        defaults = OmegaConf.load(path).get("defaults", [])
+        assert all(isinstance(d, str) for d in defaults), f"{path.name}: {list(defaults)}"
+
+
+# ----------------------------------------------------------------------------- choosing the generator
+def test_unet_generator_from_its_config_group(compose_cfg):
+    tiny = compose_cfg("model/generator=unet")
+    OmegaConf.resolve(tiny)
+    assert dict(tiny.model.generator) == {
+        "arch": "unet",
+        "channels": 4,
+        "num_downs": 5,
+        "norm": "instance",
+        "dropout": False,
+    }
+    module = instantiate(tiny.model)
+    image = torch.rand(2, 3, 32, 32) * 2 - 1  # (B, C, H, W)
+    assert module.g_ab(image).shape == image.shape and module.generator_arch == "unet"
+    demo = compose_cfg("model/generator=unet", tiny=False)
+    OmegaConf.resolve(demo)
+    assert demo.model.generator.num_downs == 6 and demo.model.generator.channels == 32  # 64 px crops: 2**6
+    paper = compose_cfg("model/generator=unet", "style=vangogh", tiny=False)
+    OmegaConf.resolve(paper)
+    assert paper.model.generator.num_downs == 8 and paper.model.generator.channels == 64  # unet_256
+
+
+def test_generator_arch_value_override_names_the_config_group(compose_cfg):
+    cfg = compose_cfg("model.generator.arch=unet")
+    with pytest.raises(ConfigError, match=r"n_blocks, upsample .*model/generator=unet"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # refused before anything ran
+
+
+@pytest.mark.slow
+def test_generator_arch_value_override_on_the_command_line_is_one_line(tmp_path):
+    result = run_train_py(
+        "debug=tiny", "model.generator.arch=unet", f"hydra.run.dir={tmp_path / 'run'}", timeout=120
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: model.generator.arch=unet:") and "model/generator=unet" in lines[-1]
+    assert "Traceback" not in result.stderr

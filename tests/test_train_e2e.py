@@ -75,7 +75,6 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.precision=32-true",
-        "~trainer.benchmark",
         f"hydra.run.dir={run}",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -48,8 +48,6 @@ class FastStyleModule(L.LightningModule):
         epochs_constant: int = 2,
         epochs_decay: int = 0,
         seed: int = 0,
-        discriminator: dict[str, Any] | None = None,  # unused: accepted so CycleGAN style presets compose
-        pool_size: int = 0,  # unused, likewise
     ) -> None:
         super().__init__()
         generator = dict(generator or {"arch": "johnson"})

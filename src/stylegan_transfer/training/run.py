@@ -8,8 +8,10 @@ place where configuration objects are read; everything below receives typed keyw
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
+import math
 import netrc
 import os
 import sys
@@ -27,6 +29,7 @@ from stylegan_transfer.datasets import DEMO_ROOT, DataError
 from stylegan_transfer.inference.checkpoint import ROLES
 from stylegan_transfer.inference.export import write_generators
 from stylegan_transfer.metrics.weights import MetricWeightsError
+from stylegan_transfer.networks import DISCRIMINATORS, GENERATORS
 from stylegan_transfer.perceptual import VGGWeightsError
 from stylegan_transfer.training.callbacks import (
     AtomicCheckpointIO,
@@ -38,7 +41,13 @@ from stylegan_transfer.training.callbacks import (
 
 log = logging.getLogger(__name__)
 ASSETS = DEMO_ROOT.parent
-USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError)  # reported as one clear line, exit code 2
+
+
+class ConfigError(ValueError):
+    """A configuration that composes but cannot be built; the message says which override fixes it."""
+
+
+USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError, ConfigError)  # one clear line, exit code 2
 
 
 def quiet_known_warnings() -> None:
@@ -47,18 +56,19 @@ def quiet_known_warnings() -> None:
 
 
 def register_resolvers() -> None:
-    """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.dirname:...}` → a safe folder
-    name; `${st.parent:path}` → the folder containing `path`. For multi-process launches (configs/hydra):
-    `${st.launch_stamp:FORMAT}` → the run folder's time stamp, the same in every process of a launch;
-    `${st.rank_zero:X}` → X on rank 0, null elsewhere; `${st.rank_suffix:}` → "" on rank 0, ".rank<N>"
-    elsewhere; `${st.sweep_name:}` → the sweep folder's name in a multirun, null otherwise (the W&B group).
-    Called by the entry points (train.py, `stylegan-train`) and by tests, never at import time; Hydra
-    carries them into the processes of its launchers (submitit)."""
+    """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.log2:n}` → floor(log2 n);
+    `${st.dirname:...}` → a safe folder name; `${st.parent:path}` → the folder containing `path`. For
+    multi-process launches (configs/hydra): `${st.launch_stamp:FORMAT}` → the run folder's time stamp, the same
+    in every process of a launch; `${st.rank_zero:X}` → X on rank 0, null elsewhere; `${st.rank_suffix:}` → ""
+    on rank 0, ".rank<N>" elsewhere; `${st.sweep_name:}` → the sweep folder's name in a multirun, null otherwise
+    (the W&B group). Called by the entry points (train.py, `stylegan-train`) and by tests, never at import
+    time; Hydra carries them into the processes of its launchers (submitit)."""
     OmegaConf.register_new_resolver("st.asset", lambda name: str(ASSETS / name), replace=True)
     OmegaConf.register_new_resolver(
         "st.parent", lambda path: str(Path(path).expanduser().parent), replace=True
     )
     OmegaConf.register_new_resolver("st.sum", lambda *xs: sum(xs), replace=True)
+    OmegaConf.register_new_resolver("st.log2", lambda n: int(math.log2(int(n))), replace=True)
     OmegaConf.register_new_resolver("st.dirname", safe_dirname, replace=True)
     OmegaConf.register_new_resolver("st.launch_stamp", launch_stamp, replace=True, use_cache=True)
     OmegaConf.register_new_resolver(
@@ -148,6 +158,23 @@ def sweep_name() -> str | None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
     return Path(str(hydra_cfg.sweep.dir)).name
+
+
+def check_networks(model_cfg: DictConfig) -> None:
+    """Each network's settings must be ones its architecture takes. `model.generator.arch=unet` keeps the
+    ResNet file's `n_blocks`; the fix is the config group, which swaps the whole settings block."""
+    for role, registry in (("generator", GENERATORS), ("discriminator", DISCRIMINATORS)):
+        net = model_cfg.get(role)
+        if net is None or net.get("arch") not in registry:
+            continue  # none, or an unknown arch: the registry's own error names the known ones
+        arch = net.arch
+        accepted = inspect.signature(registry[arch]).parameters
+        unknown = sorted(str(k) for k in net if k != "arch" and k not in accepted)
+        if unknown:
+            raise ConfigError(
+                f"model.{role}.arch={arch}: {', '.join(unknown)} are not settings of the {arch} {role}; "
+                f"choose the architecture with its config group instead: model/{role}={arch}"
+            )
 
 
 def wandb_has_credentials() -> bool:
@@ -308,6 +335,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path {cfg.ckpt_path} does not exist; give the path of a .ckpt file "
             "(for example <run>/checkpoints/last.ckpt)."
         )
+    check_networks(cfg.model)
     module = instantiate(cfg.model)
 
     metadata = export_metadata(cfg)
@@ -355,4 +383,12 @@ def objective(configured: str | None, selected_by: str | None) -> str | None:
     return configured
 
 
-__all__ = ["DataError", "quiet_known_warnings", "register_resolvers", "run_job", "train"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "check_networks",
+    "quiet_known_warnings",
+    "register_resolvers",
+    "run_job",
+    "train",
+]
