@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 import stylegan_transfer.perceptual as perceptual
-from conftest import quiet_trainer, write_images
+from helpers import quiet_trainer, write_images
 from stylegan_transfer.inference.generator_file import load_generator, read_metadata
 from stylegan_transfer.networks import GENERATORS, JohnsonGenerator, build_generator
 from stylegan_transfer.perceptual import vgg_features_module

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, run_train_py
+from helpers import TINY, run_train_py
 from stylegan_transfer.inference.generator_file import load_generator
 
 pytestmark = pytest.mark.slow
