@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_images
+from helpers import write_images
 from stylegan_transfer.datasets import DataError
 from stylegan_transfer.images import list_images, load_rgb, probe_image, scan_images, to_image
 from stylegan_transfer.training.data import (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_images
+from helpers import write_images
 from stylegan_transfer.datasets import (
     DATASETS,
     DataError,

@@ -9,15 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import write_images
+from helpers import TINY_G_KWARGS, randomize_, write_images
 from stylegan_transfer.inference.generator_file import save_generator
 from stylegan_transfer.metrics import evaluate
 from stylegan_transfer.metrics import scores as metrics
 from stylegan_transfer.networks import build_generator
 from stylegan_transfer.training.run import train
-from test_metrics import randomize_
-
-TINY_G = {"channels": 4, "n_blocks": 1}
 
 
 def _save(module: torch.nn.Module, path: Path) -> Path:
@@ -74,8 +71,8 @@ def test_clear_errors_exit_2(weights_cache, tmp_path, capsys, monkeypatch):
 
 
 def test_model_export_on_test_split(weights_cache, cyclegan_dir, tmp_path):
-    generator = build_generator("resnet", **TINY_G)
-    export = save_generator(generator, tmp_path / "g_ab.safetensors", arch="resnet", kwargs=TINY_G)
+    generator = build_generator("resnet", **TINY_G_KWARGS)
+    export = save_generator(generator, tmp_path / "g_ab.safetensors", arch="resnet", kwargs=TINY_G_KWARGS)
     out, saved = tmp_path / "model.json", tmp_path / "translated"
     argv = [
         "model",

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import quiet_trainer
+from helpers import REPO, TINY_D, TINY_G, TINY_G_KWARGS, quiet_trainer
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.export import export_checkpoint
 from stylegan_transfer.inference.generator_file import (
@@ -27,10 +27,6 @@ from stylegan_transfer.inference.generator_file import (
 )
 from stylegan_transfer.networks import PaddedGenerator, build_generator
 from stylegan_transfer.training.cyclegan import CycleGANModule
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}
-TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2}
 
 
 def _env() -> dict[str, str]:
@@ -168,10 +164,8 @@ def test_export_refuses_to_overwrite_and_reads_metadata_written_at_train_time(cy
 # ----------------------------------------------------------------------------- bad files
 @pytest.fixture
 def exported(tmp_path) -> Path:
-    generator = build_generator(**{"arch": "resnet", "channels": 4, "n_blocks": 1})
-    return save_generator(
-        generator, tmp_path / "g.safetensors", arch="resnet", kwargs={"channels": 4, "n_blocks": 1}
-    )
+    generator = build_generator(**TINY_G)
+    return save_generator(generator, tmp_path / "g.safetensors", arch="resnet", kwargs=TINY_G_KWARGS)
 
 
 class _Exploit:

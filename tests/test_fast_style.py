@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import copy
+
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 
 import stylegan_transfer.perceptual as perceptual
-from conftest import quiet_trainer, write_images
+from helpers import (
+    TINY_J,
+    quiet_trainer,
+    reference_content,
+    reference_style,
+    reference_tv,
+    tiny_datamodule,
+    tiny_vgg,
+    write_images,
+)
 from stylegan_transfer.inference.generator_file import load_generator, read_metadata
 from stylegan_transfer.networks import GENERATORS, JohnsonGenerator, build_generator
-from stylegan_transfer.perceptual import vgg_features_module
 from stylegan_transfer.training.fast_style import FastStyleModule
 from stylegan_transfer.training.run import train
 
-TINY_J = {"arch": "johnson", "channels": 4, "n_blocks": 1}
 
-
-def tiny_vgg_loader(arch: str = "vgg19", *, weights_path=None) -> torch.nn.Sequential:
-    torch.manual_seed(0)
-    return vgg_features_module(arch, width_divisor=16)
+def reference_terms(module: FastStyleModule, generator: torch.nn.Module, photos: torch.Tensor) -> dict:
+    """Content, style, TV and their λ-weighted sum, from the definitions (helpers), for `generator(photos)`."""
+    hp, vgg = module.hparams, module.perceptual.vgg  # returns [relu2_2 (content), *style layers]
+    n_style = len(hp.style_layers)
+    with torch.no_grad():
+        styled = generator(photos)
+        f_styled, f_photos, f_style = (vgg(x) for x in (styled, photos, module.style_image_tensor))
+    terms = {
+        "content": reference_content(f_styled[:1], f_photos[:1]),
+        "style": reference_style(f_styled[1:], f_style[1:], [1 / n_style] * n_style),
+        "tv": reference_tv(styled),
+    }
+    terms["loss"] = (
+        hp.lambda_content * terms["content"] + hp.lambda_style * terms["style"] + hp.lambda_tv * terms["tv"]
+    )
+    return {key: value.item() for key, value in terms.items()}
 
 
 def test_johnson_network_layout_and_range():
@@ -41,12 +63,12 @@ def test_training_steps_lower_the_perceptual_loss(tmp_path):
     photos = write_images(tmp_path / "photos", 2, size=(32, 32), seed=1)
     style = write_images(tmp_path / "style", 1, size=(32, 32), seed=2, tint=(200, 0, 0))[0]
     module = FastStyleModule(style_image=str(style), style_size=32, generator=TINY_J, lr=0.02)
-    module.perceptual.vgg = perceptual.VGGFeatures(
-        tiny_vgg_loader(), ["relu2_2", *module.hparams.style_layers]
-    )
+    module.perceptual.vgg = perceptual.VGGFeatures(tiny_vgg(), ["relu2_2", *module.hparams.style_layers])
     module.setup("fit")
     batch = torch.stack([perceptual_input(p) for p in photos])  # (2, 3, 32, 32)
-    before = module._losses(batch)["loss"].item()
+    terms = {key: value.item() for key, value in module._losses(batch).items()}
+    assert terms == pytest.approx(reference_terms(module, module.g_ab, batch), rel=1e-4)
+    before = terms["loss"]
     optimizer = module.configure_optimizers()["optimizer"]
     for _ in range(15):
         optimizer.zero_grad()
@@ -77,7 +99,7 @@ def test_fast_style_experiment_composes_and_instantiates_without_weights(compose
 
 @pytest.mark.slow
 def test_train_py_fast_style_exports_a_generator_like_cyclegans(compose_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(perceptual, "load_vgg_features", tiny_vgg_loader)
+    monkeypatch.setattr(perceptual, "load_vgg_features", tiny_vgg)
     photos = tmp_path / "photos"
     write_images(photos, 3, size=(40, 36), seed=1)
     style = write_images(tmp_path / "paintings", 1, seed=2, tint=(0, 0, 200))[0]
@@ -108,19 +130,36 @@ def test_missing_style_image_is_a_clear_error():
 
 
 def test_trainer_fit_with_injected_vgg(tmp_path):
-    from stylegan_transfer.training.data import UnpairedDataModule
-
+    """Two steps through Lightning; each step's logged terms equal the definitions computed here from that
+    step's batch and the generator as it was before the step (non-default λ, so a misweighted term shows)."""
     write_images(tmp_path / "a", 2, size=(32, 32), seed=1)
     style = write_images(tmp_path / "b", 1, size=(32, 32), seed=2)[0]
-    module = FastStyleModule(style_image=str(style), style_size=32, generator=TINY_J)
-    module.perceptual.vgg = perceptual.VGGFeatures(
-        tiny_vgg_loader(), ["relu2_2", *module.hparams.style_layers]
+    module = FastStyleModule(
+        style_image=str(style),
+        style_size=32,
+        generator=TINY_J,
+        lambda_content=1.5,
+        lambda_style=4.0,
+        lambda_tv=0.2,
     )
+    module.perceptual.vgg = perceptual.VGGFeatures(tiny_vgg(), ["relu2_2", *module.hparams.style_layers])
     before = {k: v.clone() for k, v in module.g_ab.state_dict().items()}
-    data = UnpairedDataModule(
-        dir_a=str(tmp_path / "a"), dir_b=str(tmp_path / "b"), load_size=36, crop_size=32, num_workers=0
-    )
-    trainer = quiet_trainer(default_root_dir=tmp_path, max_steps=2, limit_val_batches=0)
+    seen: list[tuple[torch.nn.Module, torch.Tensor]] = []  # (generator before the step, photos)
+    logged: list[dict[str, float]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((copy.deepcopy(pl_module.g_ab), batch["a"].clone()))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            names = ("loss", "content", "style", "tv")
+            logged.append({k: float(trainer.callback_metrics[f"train/{k}"]) for k in names})
+
+    data = tiny_datamodule(dir_a=str(tmp_path / "a"), dir_b=str(tmp_path / "b"))
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Record()])
     trainer.fit(module, datamodule=data)
     assert any(not torch.equal(before[k], v) for k, v in module.g_ab.state_dict().items())
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert len(seen) == len(logged) == 2
+    for step, ((generator, photos), got) in enumerate(zip(seen, logged, strict=True)):
+        assert got == pytest.approx(reference_terms(module, generator, photos), rel=1e-4), f"step {step}"

@@ -15,6 +15,7 @@ import torchvision.transforms.functional as TF
 from safetensors.torch import save_file
 from torch import nn
 
+from helpers import randomize_
 from stylegan_transfer.metrics import scores as metrics
 from stylegan_transfer.metrics import weights as metric_weights
 
@@ -38,18 +39,6 @@ def brute_force_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
     xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
     return xx + yy - 2 * xy
-
-
-def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Scale-preserving random weights (He init, BN identity) so random features stay informative."""
-    generator = torch.Generator().manual_seed(seed)
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            fan_in = layer.weight[0].numel()
-            layer.weight.data = torch.randn(layer.weight.shape, generator=generator) * (2 / fan_in) ** 0.5
-            if layer.bias is not None:
-                layer.bias.data.zero_()
-    return module
 
 
 def textures(n: int, seed: int, size: int = 48) -> torch.Tensor:

@@ -5,7 +5,9 @@ from urllib.error import URLError
 import pytest
 import torch
 
+from helpers import tiny_vgg
 from stylegan_transfer.perceptual import (
+    CAFFE_NORM,
     VGGFeatures,
     VGGWeightsError,
     layer_names,
@@ -67,12 +69,57 @@ def test_offline_without_cache_explains_how_to_provide_the_file(tmp_path, monkey
     assert str(tmp_path / "torch_home") in message  # where to place the file
 
 
+def _trunk_outputs(features: torch.nn.Sequential, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+    """Run already-normalised input through the torchvision-layout layers, keeping the given indices."""
+    out = []
+    for index, layer in enumerate(features[: max(indices) + 1]):
+        x = layer(x)
+        if index in indices:
+            out.append(x)
+    return out
+
+
 def test_vgg_features_normalise_and_freeze():
     trunk = VGGFeatures(vgg_features_module(width_divisor=16), ["relu1_1", "relu3_1"])
     assert not any(p.requires_grad for p in trunk.parameters())
     trunk.train()
     assert not trunk.training
+    assert not any(m.training for m in trunk.modules()), "every layer stays in eval mode"
     out = trunk(torch.zeros(2, 3, 32, 32))
     assert [o.shape for o in out] == [(2, 4, 32, 32), (2, 16, 8, 8)]
     with pytest.raises(ValueError, match="unknown VGG layer"):
         VGGFeatures(vgg_features_module(width_divisor=16), ["relu9_9"])
+
+
+@pytest.mark.parametrize("norm", ["torchvision", "caffe", "explicit"])
+def test_vgg_features_apply_the_weights_input_normalisation(norm):
+    """Images in [-1, 1] reach the trunk as ((x + 1) / 2 - mean) / std: ImageNet mean/std for torchvision
+    weights, 255·x01 minus the RGB Caffe pixel mean for the Caffe weights, or the mean/std given explicitly."""
+    features = tiny_vgg()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1  # (B, 3, H, W)
+    x01 = (x + 1) / 2
+    kwargs = {}
+    if norm == "torchvision":
+        expected_input = (x01 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]
+        ).view(1, 3, 1, 1)
+    elif norm == "caffe":
+        features.input_norm = CAFFE_NORM  # as load_vgg_features sets it for the Caffe file
+        expected_input = 255 * x01 - torch.tensor([123.68, 116.779, 103.939]).view(1, 3, 1, 1)  # R, G, B
+    else:
+        kwargs = {"mean": (0.1, 0.2, 0.3), "std": (0.5, 0.25, 2.0)}
+        expected_input = (x01 - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.5, 0.25, 2.0]
+        ).view(1, 3, 1, 1)
+    names = layer_names()
+    trunk = VGGFeatures(features, ["relu1_1", "relu2_1"], **kwargs)
+    got = trunk(x)
+    with torch.no_grad():
+        want = _trunk_outputs(features, expected_input, [names["relu1_1"], names["relu2_1"]])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-4 if norm == "caffe" else 1e-6)
+    # the trunk is frozen, but gradients still reach the image (perceptual losses need them)
+    image = x.clone().requires_grad_(True)
+    trunk(image)[1].sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    assert all(p.grad is None for p in trunk.parameters())

@@ -8,63 +8,30 @@ import math
 import subprocess
 import sys
 import traceback
-from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
 
-from conftest import quiet_trainer
+from helpers import REPO, TINY_D, TINY_G, StepRecorder, fixed_batches, quiet_trainer, tiny_cyclegan
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.optim import batch_lr_factor
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}
-TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2}
-
-
-def tiny_module(**kwargs) -> CycleGANModule:
-    torch.manual_seed(0)
-    return CycleGANModule(generator=TINY_G, discriminator=TINY_D, pool_size=2, **kwargs)
-
-
-def fixed_batches(count: int, batch: int = 1, size: int = 32) -> DataLoader:
-    gen = torch.Generator().manual_seed(1)
-    batches = [
-        {
-            "a": torch.rand(batch, 3, size, size, generator=gen) * 2 - 1,  # (B, 3, H, W)
-            "b": torch.rand(batch, 3, size, size, generator=gen) * 2 - 1,
-        }
-        for _ in range(count)
-    ]
-    return DataLoader(batches, batch_size=None)  # already batched
-
-
-class LossRecorder(L.Callback):
-    def __init__(self) -> None:
-        self.losses: list[tuple[float, float]] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        m = trainer.callback_metrics
-        self.losses.append((float(m["train/loss_g"]), float(m["train/loss_d"])))
 
 
 def run_losses(
     module: CycleGANModule, *, steps: int = 4, precision: str = "32-true"
 ) -> list[tuple[float, float]]:
-    recorder = LossRecorder()
+    recorder = StepRecorder()
     trainer = quiet_trainer(
         precision=precision, max_steps=2 * steps, callbacks=[recorder], limit_val_batches=0
     )  # max_steps: two optimiser steps per batch
     trainer.fit(module, train_dataloaders=fixed_batches(steps))
-    return recorder.losses
+    return [(step["train/loss_g"], step["train/loss_d"]) for step in recorder.steps]
 
 
 @pytest.fixture(scope="module")
 def reference_losses() -> list[tuple[float, float]]:
-    return run_losses(tiny_module())
+    return run_losses(tiny_cyclegan())
 
 
 def assert_close(got, want, rel: float) -> None:
@@ -76,22 +43,22 @@ def assert_close(got, want, rel: float) -> None:
 
 
 def test_channels_last_converts_weights_and_keeps_losses(reference_losses):
-    module = tiny_module(channels_last=True)
+    module = tiny_cyclegan(channels_last=True)
     convs = [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     assert_close(run_losses(module), reference_losses, rel=5e-3)
 
 
 def test_fused_adam_is_used_when_asked_and_keeps_losses(reference_losses):
-    module = tiny_module(fused_adam=True)
+    module = tiny_cyclegan(fused_adam=True)
     opts, _ = module.configure_optimizers()
     assert all(opt.defaults["fused"] for opt in opts)
-    assert not tiny_module().adam_implementation()  # CPU default: torch's own choice
+    assert not tiny_cyclegan().adam_implementation()  # CPU default: torch's own choice
     assert_close(run_losses(module), reference_losses, rel=1e-5)
 
 
 def test_bf16_autocast_keeps_losses_within_loose_tolerance(reference_losses):
-    losses = run_losses(tiny_module(), precision="bf16-mixed")
+    losses = run_losses(tiny_cyclegan(), precision="bf16-mixed")
     assert_close(losses, reference_losses, rel=2e-2)
 
 
@@ -101,25 +68,25 @@ def test_bf16_autocast_keeps_losses_within_loose_tolerance(reference_losses):
 )
 def test_batch_lr_rule(batch, rule, factor):
     assert batch_lr_factor(batch, rule) == pytest.approx(factor)
-    opts, _ = tiny_module(batch_size=batch, lr_scaling=rule).configure_optimizers()
+    opts, _ = tiny_cyclegan(batch_size=batch, lr_scaling=rule).configure_optimizers()
     assert all(opt.param_groups[0]["lr"] == pytest.approx(2e-4 * factor) for opt in opts)
 
 
 def test_batch_lr_rule_rejects_bad_values():
     with pytest.raises(ValueError, match="lr_scaling"):
-        tiny_module(lr_scaling="cubic")
+        tiny_cyclegan(lr_scaling="cubic")
     with pytest.raises(ValueError, match="batch sizes"):
-        tiny_module(batch_size=0)
+        tiny_cyclegan(batch_size=0)
 
 
 def test_compile_flag_compiles_in_place_and_keeps_parameter_names():
-    module = tiny_module(compile=True)
+    module = tiny_cyclegan(compile=True)
     keys = list(module.state_dict())
     module.configure_model()
     module.configure_model()  # idempotent
     assert all(net._compiled_call_impl is not None for net in module.networks)
     assert list(module.state_dict()) == keys
-    assert tiny_module().g_ab._compiled_call_impl is None
+    assert tiny_cyclegan().g_ab._compiled_call_impl is None
 
 
 def test_gpu_preset_turns_every_switch_on_and_perf_none_turns_them_off(compose_cfg):
@@ -174,7 +141,7 @@ def test_training_step_reads_nothing_back_to_the_host(monkeypatch):
             self.trainer.callback_metrics["train/loss_g"].item()
 
     for module, expect_calls in (
-        (tiny_module(channels_last=True, fused_adam=True), False),
+        (tiny_cyclegan(channels_last=True, fused_adam=True), False),
         (Syncing(generator=TINY_G, discriminator=TINY_D), True),
     ):
         calls.clear()

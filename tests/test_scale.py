@@ -30,7 +30,7 @@ from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero
 from omegaconf import open_dict
 from safetensors.torch import load_file
 
-from conftest import CONFIGS, REPO, TINY
+from helpers import CONFIGS, REPO, TINY
 from stylegan_transfer.training import run as run_module
 from stylegan_transfer.training.optim import batch_lr_factor
 from stylegan_transfer.training.run import launch_stamp, register_resolvers

@@ -12,16 +12,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from conftest import CONFIGS, quiet_trainer
+from helpers import CONFIGS, TINY_D, TINY_G, quiet_trainer, tiny_datamodule, tiny_vgg
 from stylegan_transfer.inference.generator_file import read_metadata
-from stylegan_transfer.perceptual import PerceptualLoss, VGGFeatures, vgg_features_module
+from stylegan_transfer.perceptual import PerceptualLoss, VGGFeatures
 from stylegan_transfer.training import run
 from stylegan_transfer.training.callbacks import KIDEvaluation
 from stylegan_transfer.training.cyclegan import CycleGANModule
-from stylegan_transfer.training.data import UnpairedDataModule
-
-TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}
-TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2}
 
 
 class ColourFeatures(torch.nn.Module):
@@ -62,9 +58,7 @@ def _configured(name: str, **overrides):
 
 def test_best_checkpoint_and_export_follow_val_kid_where_cycle_loss_disagrees(cyclegan_dir, tmp_path):
     module = NoTraining(generator=TINY_G, discriminator=TINY_D, pool_size=0)
-    datamodule = UnpairedDataModule(
-        root=str(cyclegan_dir), load_size=36, crop_size=32, num_workers=0, val_size=2
-    )
+    datamodule = tiny_datamodule(root=str(cyclegan_dir), val_size=2)
     kid = KIDEvaluation(every_n_epochs=1, num_images=2, kid_subsets=3)
     kid.inception = ColourFeatures()
     best = _configured("best", dirpath=str(tmp_path / "ckpt"))
@@ -141,9 +135,8 @@ class Scaled(torch.nn.Module):
 
 @pytest.mark.parametrize("factor", [1e-3, 255.0, 1e4])
 def test_perceptual_terms_do_not_depend_on_the_feature_scale(factor):
-    torch.manual_seed(0)
     layers = ["relu1_1", "relu2_1", "relu2_2"]
-    trunk = VGGFeatures(vgg_features_module(width_divisor=16), layers)
+    trunk = VGGFeatures(tiny_vgg(), layers)  # seeds 0
     plain = PerceptualLoss(content_layers=["relu2_2"], style_layers=["relu1_1", "relu2_1"])
     scaled = PerceptualLoss(content_layers=["relu2_2"], style_layers=["relu1_1", "relu2_1"])
     plain.vgg, scaled.vgg = trunk, Scaled(trunk, factor)
@@ -174,7 +167,7 @@ def test_cyclegan_perceptual_terms_are_scale_free_in_the_training_step(tmp_path)
             content_layers=["relu2_2"],
             style_layers=["relu1_1", "relu2_1"],
         )
-        trunk = VGGFeatures(vgg_features_module(width_divisor=16), ["relu2_2", "relu1_1", "relu2_1"])
+        trunk = VGGFeatures(tiny_vgg(), ["relu2_2", "relu1_1", "relu2_1"])
         module.perceptual.vgg = Scaled(trunk, factor)
         real_a, real_b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1  # (B, 3, H, W)
         with torch.no_grad():

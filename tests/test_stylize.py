@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_images
+from helpers import VGG_WIDTH_DIVISOR, tiny_vgg, write_images
 from stylegan_transfer import losses
 from stylegan_transfer.nst import cli, color, mmd, stylize
 from stylegan_transfer.perceptual import (
@@ -19,11 +19,6 @@ from stylegan_transfer.perceptual import (
     load_vgg_features,
     vgg_features_module,
 )
-
-
-def tiny_vgg() -> torch.nn.Sequential:
-    torch.manual_seed(0)
-    return vgg_features_module("vgg19", width_divisor=16)
 
 
 def smooth_image(seed: int, size: int = 32, tint=(0.0, 0.0, 0.0)) -> torch.Tensor:
@@ -214,11 +209,13 @@ def _fake_caffe_file(path, features: torch.nn.Sequential) -> dict[str, torch.Ten
 def test_quantised_caffe_weights_are_dequantised_mapped_and_normalised(tmp_path, monkeypatch):
     import stylegan_transfer.perceptual as perceptual
 
-    reference = vgg_features_module("vgg19", width_divisor=16)
+    reference = vgg_features_module("vgg19", width_divisor=VGG_WIDTH_DIVISOR)
     path = tmp_path / "vgg19_q.bin"
     state = _fake_caffe_file(path, reference)
     monkeypatch.setattr(
-        perceptual, "vgg_features_module", lambda arch: vgg_features_module(arch, width_divisor=16)
+        perceptual,
+        "vgg_features_module",
+        lambda arch: vgg_features_module(arch, width_divisor=VGG_WIDTH_DIVISOR),
     )
     loaded = load_vgg_features("vgg19", weights_path=path)
     assert loaded.input_norm == CAFFE_NORM
@@ -239,7 +236,7 @@ def test_quantised_caffe_weights_are_dequantised_mapped_and_normalised(tmp_path,
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_output_and_intermediates(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_vgg_features", lambda arch, weights_path=None: tiny_vgg())
+    monkeypatch.setattr(cli, "load_vgg_features", tiny_vgg)
     content = write_images(tmp_path / "c", 1, size=(40, 32))[0]
     style = write_images(tmp_path / "s", 1, size=(32, 32), seed=5)[0]
     out = tmp_path / "out" / "result.png"
@@ -256,7 +253,7 @@ def test_cli_writes_output_and_intermediates(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_errors_name_the_file_and_exit_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_vgg_features", lambda arch, weights_path=None: tiny_vgg())
+    monkeypatch.setattr(cli, "load_vgg_features", tiny_vgg)
     style = write_images(tmp_path / "s", 1)[0]
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")

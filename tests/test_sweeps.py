@@ -8,10 +8,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import run_train_py
+from helpers import REPO, run_train_py
 from stylegan_transfer.training.sweeps import read_results, report, swept_keys, write_result
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def fake_sweep(root: Path) -> Path:

@@ -1,12 +1,13 @@
 """End to end through the real entry point: `python train.py ...` in a subprocess (marked slow)."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, run_train_py
+from helpers import TINY, run_train_py
 from stylegan_transfer.inference.generator_file import load_generator
 
 pytestmark = pytest.mark.slow
@@ -84,3 +85,19 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
     assert state["epoch"] == 1 and state["global_step"] > 0
     check_run_folder(run)
     assert "world_size: 2" in result.stderr or "MEMBER: 2/2" in result.stderr
+
+
+@pytest.mark.gpu
+def test_train_py_gpu_preset_trains_on_cuda(tmp_path):
+    """`trainer=gpu debug=tiny`: bf16, channels_last, torch.compile and fused Adam on one CUDA device."""
+    run = tmp_path / "gpu"
+    result = run_train_py("trainer=gpu", *TINY, "logger=none", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads((run / "result.json").read_text())
+    assert outcome["status"] == "ok" and outcome["value"] is not None, outcome
+    check_run_folder(run)
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location=None, weights_only=True)
+    assert state["global_step"] > 0
+    weights = [v for k, v in state["state_dict"].items() if k.startswith(("g_ab.", "d_a."))]
+    assert weights and all(w.device.type == "cuda" for w in weights), "the networks trained on the GPU"
+    assert state["hyper_parameters"]["compile"] and state["hyper_parameters"]["fused_adam"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import TINY_G_KWARGS
 from stylegan_transfer.inference.generator_file import load_generator, save_generator
 from stylegan_transfer.inference.tiling import (
     TileOptions,
@@ -17,8 +18,6 @@ from stylegan_transfer.inference.tiling import (
 )
 from stylegan_transfer.inference.translate import main, translate, translate_tensor
 from stylegan_transfer.networks import build_generator, init_weights
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def smooth_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -36,7 +35,7 @@ def smooth_image(width: int, height: int, seed: int = 0) -> Image.Image:
 @pytest.fixture
 def export_path(tmp_path) -> Path:
     torch.manual_seed(0)
-    generator = init_weights(build_generator("resnet", channels=4, n_blocks=1))
+    generator = init_weights(build_generator("resnet", **TINY_G_KWARGS))
     return save_generator(
         generator, tmp_path / "g.safetensors", arch="resnet", kwargs={"channels": 4, "n_blocks": 1}
     )
@@ -154,7 +153,7 @@ def test_cli_exif_orientation_and_side_by_side(export_path, tmp_path):
 # ----------------------------------------------------------------------------- tiling
 def test_fixed_statistics_reproduce_the_untiled_forward_and_are_restored():
     torch.manual_seed(0)
-    generator = init_weights(build_generator("resnet", channels=4, n_blocks=1)).eval()
+    generator = init_weights(build_generator("resnet", **TINY_G_KWARGS)).eval()
     x = torch.rand(1, 3, 32, 48) * 2 - 1  # (B, C, H, W)
     with torch.no_grad():
         expected = generator(x)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import REPO, TINY_G_KWARGS
 from stylegan_transfer.inference.generator_file import save_generator
 from stylegan_transfer.inference.translate import main
 from stylegan_transfer.inference.video import (
@@ -31,9 +32,6 @@ try:
 except ImportError:  # the base install: only the tests that need no video files run
     av = None
 needs_av = pytest.mark.skipif(av is None, reason='the video extra: pip install "stylegan-transfer[video]"')
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = {"channels": 4, "n_blocks": 1}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -118,12 +116,12 @@ def read_video(path: Path) -> dict:
 @pytest.fixture
 def generator() -> torch.nn.Module:
     torch.manual_seed(0)
-    return init_weights(build_generator("resnet", **TINY)).eval()
+    return init_weights(build_generator("resnet", **TINY_G_KWARGS)).eval()
 
 
 @pytest.fixture
 def export_path(tmp_path, generator) -> Path:
-    return save_generator(generator, tmp_path / "g.safetensors", arch="resnet", kwargs=TINY)
+    return save_generator(generator, tmp_path / "g.safetensors", arch="resnet", kwargs=TINY_G_KWARGS)
 
 
 # ----------------------------------------------------------------------------- flicker metric
@@ -240,7 +238,7 @@ def brightness_clip(kind: str, count: int = 12, size: int = 48, seed: int = 0) -
 @pytest.mark.parametrize("arch", ["resnet", "johnson"])
 def test_held_statistics_add_less_flicker_than_per_frame_statistics(tmp_path, arch):
     torch.manual_seed(0)
-    generator = init_weights(build_generator(arch, **TINY)).eval()
+    generator = init_weights(build_generator(arch, **TINY_G_KWARGS)).eval()
     lossless = {"codec": "libx264", "options": {"crf": "0", "preset": "ultrafast"}, "pix_fmt": "yuv444p"}
     clip = write_video(tmp_path / "lamp.mkv", brightness_clip("local"), audio=None, **lossless)
     held = translate_video(generator, clip, tmp_path / "held.mkv", stats="clip", device="cpu")
@@ -338,8 +336,8 @@ def test_an_unreadable_video_ends_with_one_line_and_leaves_no_output(tmp_path, e
 @pytest.mark.slow
 def test_cli_translates_videos_beside_images_with_the_fast_style_network(tmp_path, capsys):
     torch.manual_seed(0)
-    johnson = init_weights(build_generator("johnson", **TINY))
-    export = save_generator(johnson, tmp_path / "fast.safetensors", arch="johnson", kwargs=TINY)
+    johnson = init_weights(build_generator("johnson", **TINY_G_KWARGS))
+    export = save_generator(johnson, tmp_path / "fast.safetensors", arch="johnson", kwargs=TINY_G_KWARGS)
     inputs = tmp_path / "in"
     inputs.mkdir()
     write_video(inputs / "walk.mov", moving_shapes(9, 40, 24), fps=8)
