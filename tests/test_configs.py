@@ -9,7 +9,7 @@ import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from conftest import run_train_py
+from helpers import run_train_py
 from stylegan_transfer.networks import DISCRIMINATORS, GENERATORS
 from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS
 from stylegan_transfer.training.cyclegan import CycleGANModule
@@ -290,7 +290,15 @@ def test_the_demo_trains_exactly_as_before(compose_cfg):
     trainer = OmegaConf.to_container(cfg.trainer)
     assert trainer.pop("default_root_dir") == cfg.paths.output_dir and trainer == DEMO_TRAINER
     # + quality-based selection (val/kid evaluation and the best-by-KID export), on purpose since issue 12
-    assert sorted(cfg.callbacks) == ["best", "checkpoint", "crash", "export_best", "kid", "progress", "samples"]
+    assert sorted(cfg.callbacks) == [
+        "best",
+        "checkpoint",
+        "crash",
+        "export_best",
+        "kid",
+        "progress",
+        "samples",
+    ]
 
 
 def test_paper_sizes_with_the_demo_images(compose_cfg):
