@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from stylegan_transfer.datasets import DEMO_ROOT, DataError
-from stylegan_transfer.inference.checkpoint import ROLES
+from stylegan_transfer.inference.checkpoint import EMA_SUFFIX, ROLES
 from stylegan_transfer.inference.export import write_generators
 from stylegan_transfer.metrics.weights import MetricWeightsError
 from stylegan_transfer.perceptual import VGGWeightsError
@@ -32,6 +32,7 @@ from stylegan_transfer.training.callbacks import (
     ExportMetadata,
     KIDEvaluation,
     RNGState,
+    evaluated_generator,
 )
 
 log = logging.getLogger(__name__)
@@ -138,15 +139,18 @@ def export_metadata(cfg: DictConfig) -> ExportMetadata:
 
 
 def export_generators(module: L.LightningModule, out_dir: Path, metadata: ExportMetadata) -> list[Path]:
-    """Write g_ab and g_ba (those the module has: fast style has only g_ab) as generator-only safetensors."""
-    generators = {role: getattr(module, role) for role in ROLES if getattr(module, role, None) is not None}
+    """Write g_ab and g_ba (those the module has: fast style and CUT have only g_ab) as generator-only
+    safetensors; a generator's moving average (`g_ab_ema`) when the module keeps one."""
+    found = {role: evaluated_generator(module, role) for role in ROLES}
+    generators = {role: net for role, net in found.items() if net is not None}
+    ema = all(getattr(module, role + EMA_SUFFIX, None) is not None for role in generators)
     return write_generators(
         generators,
         out_dir,
         arch=module.generator_arch,
         kwargs=module.generator_kwargs,
         metadata=metadata.metadata,
-        extra={"epoch": int(module.current_epoch)},
+        extra={"epoch": int(module.current_epoch), "ema": ema},
         log=log.info,
     )
 
