@@ -91,9 +91,11 @@ def _prepare_wandb(logger_cfg: DictConfig | None) -> bool:
 
 QUALITY_METRIC = "val/kid"
 FALLBACK_METRIC = "val/cycle_l1"
+# Per module: a module's `fallback_metric` attribute names its own (CUT has no cycle: "val/nce").
+FALLBACK_METRICS = (FALLBACK_METRIC, "val/nce")
 
 
-def select_by_quality(callbacks: list[L.Callback]) -> str | None:
+def select_by_quality(callbacks: list[L.Callback], fallback: str = FALLBACK_METRIC) -> str | None:
     """Make sure the quality metric can be computed; if the FID Inception weights cannot be had, say so once,
     drop the evaluation and point every selection that monitored it at the fallback metric, explicitly.
 
@@ -109,11 +111,11 @@ def select_by_quality(callbacks: list[L.Callback]) -> str | None:
     except MetricWeightsError as err:
         log.warning(
             "%s is off: %s\nbest.ckpt, export/best/ and the sweep objective fall back to %s, which rewards "
-            "under-stylised models (a generator that copies its input has zero cycle loss): see README "
+            "under-stylised models (a generator that copies its input minimises it): see README "
             "'Choosing the best model'.",
             QUALITY_METRIC,
             err,
-            FALLBACK_METRIC,
+            fallback,
         )
     for evaluation in evaluations:
         callbacks.remove(evaluation)
@@ -122,8 +124,8 @@ def select_by_quality(callbacks: list[L.Callback]) -> str | None:
             isinstance(callback, ModelCheckpoint | ExportBestGenerators)
             and callback.monitor == QUALITY_METRIC
         ):
-            callback.monitor = FALLBACK_METRIC
-    return FALLBACK_METRIC
+            callback.monitor = fallback
+    return fallback
 
 
 def export_metadata(cfg: DictConfig) -> ExportMetadata:
@@ -201,10 +203,9 @@ def run_job(cfg: DictConfig) -> float | None:
             raise
         log.exception("job %s failed; the sweep continues with the next job", output_dir.name)
         return float("nan")
-    if metric == QUALITY_METRIC and QUALITY_METRIC not in metrics and FALLBACK_METRIC in metrics:
-        metric = (
-            FALLBACK_METRIC  # quality could not be measured (no Inception weights): said when training began
-        )
+    if metric == QUALITY_METRIC and QUALITY_METRIC not in metrics:
+        # quality could not be measured (no Inception weights): said when training began
+        metric = next((m for m in FALLBACK_METRICS if m in metrics), metric)
     if rank_zero_only.rank == 0:
         write_result(output_dir, overrides=overrides, metric=metric, metrics=metrics)
     return metrics.get("optimized_metric")
@@ -227,7 +228,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metadata = export_metadata(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [RNGState(), metadata]  # exact resume and self-describing checkpoints, whatever the config
-    selected_by = select_by_quality(callbacks)
+    selected_by = select_by_quality(callbacks, getattr(module, "fallback_metric", FALLBACK_METRIC))
     uses_wandb = _prepare_wandb(cfg.get("logger"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(
@@ -264,8 +265,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def objective(configured: str | None, selected_by: str | None) -> str | None:
     """The metric sweeps optimise: the configured one, or the fallback when quality could not be measured."""
-    if configured == QUALITY_METRIC and selected_by == FALLBACK_METRIC:
-        return FALLBACK_METRIC
+    if configured == QUALITY_METRIC and selected_by not in (None, QUALITY_METRIC):
+        return selected_by
     return configured
 
 
