@@ -73,6 +73,35 @@ def gradient_penalty(
     return ((norms - target_norm) ** 2).mean()
 
 
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): E_x ||∇_x D(x)||², the squared gradient norm of the discriminator on real
+    images (each image's patch logits summed), mean over the batch. The regulariser is γ/2 times this.
+
+    `real_images` must be the tensor D was applied to, with `requires_grad`; the graph is kept so that the
+    penalty's own gradient reaches D's parameters.
+    """
+    (grads,) = torch.autograd.grad(real_logits.float().sum(), real_images, create_graph=True)
+    return grads.float().pow(2).flatten(1).sum(dim=1).mean()
+
+
+def patch_nce(feat_q: torch.Tensor, feat_k: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """PatchNCE (Park et al. 2020): InfoNCE between N patch features of an output (`feat_q`, (B, N, C)) and of
+    its input at the same positions (`feat_k`, (B, N, C), detached), each row L2-normalised by the caller.
+
+    For patch i of an image: logits = [q_i·k_i, q_i·k_j for j ≠ i (the image's other patches)] / temperature,
+    loss = cross-entropy with the positive as the target, i.e. -log softmax at position 0. Mean over B·N.
+    """
+    feat_q, feat_k = feat_q.float(), feat_k.detach().float()
+    n = feat_q.shape[1]
+    similarity = feat_q @ feat_k.transpose(1, 2)  # (B, N, N): [b, i, j] = q_i·k_j
+    positive = similarity.diagonal(dim1=1, dim2=2)[..., None]  # (B, N, 1)
+    eye = torch.eye(n, dtype=torch.bool, device=feat_q.device)
+    negatives = similarity.masked_fill(eye, float("-inf"))  # (B, N, N): q_i·k_i excluded from its own row
+    logits = torch.cat([positive, negatives], dim=2).flatten(0, 1) / temperature  # (B·N, 1 + N)
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, target)
+
+
 def cycle_l1(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """|| G_ba(G_ab(a)) - a ||_1, mean over all elements."""
     return F.l1_loss(reconstructed.float(), original.float())

@@ -10,13 +10,19 @@ to rebuild a network from its JSON constructor arguments.
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 Norm = Literal["instance", "batch", "none"]
 Init = Literal["normal", "xavier", "kaiming", "orthogonal"]
+Upsample = Literal["transpose", "resize", "blur"]
 
 
 def norm_layer(norm: Norm) -> type[nn.Module] | functools.partial:
@@ -34,6 +40,48 @@ def norm_layer(norm: Norm) -> type[nn.Module] | functools.partial:
 def _uses_bias(norm: Norm) -> bool:
     # Batch norm has its own affine shift, so the preceding conv needs no bias (as in the reference code).
     return norm != "batch"
+
+
+# ----------------------------------------------------------------------------- anti-aliased resampling
+def binomial_filter(size: int) -> torch.Tensor:
+    """(size, size) low-pass kernel summing to 1: the outer product of a binomial row with itself
+    ([1, 2, 1] for size 3, [1, 3, 3, 1] for size 4)."""
+    row = torch.tensor([math.comb(size - 1, k) for k in range(size)], dtype=torch.float32)
+    kernel = row[:, None] * row[None, :]
+    return kernel / kernel.sum()
+
+
+class BlurPool2d(nn.Module):
+    """Anti-aliased stride-2 downsampling (Zhang 2019, "Making convolutional networks shift-invariant again"):
+    every channel is low-pass filtered with [1, 2, 1]⊗[1, 2, 1] / 16 (reflect padding by 1), then every second
+    row and column is kept. (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)). The filter is fixed, not learned, and
+    is no part of the state dict."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        kernel = binomial_filter(3)
+        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(padded, self.kernel.to(x.dtype), stride=2, groups=x.shape[1])
+
+
+class BlurUpsample2d(nn.Module):
+    """Anti-aliased x2 upsampling (the CUT code's upsampler): zeros inserted between the pixels (a stride-2
+    transposed convolution), then the fixed low-pass [1, 3, 3, 1]⊗[1, 3, 3, 1] / 64 scaled by 4 (= stride², so
+    that a constant image stays constant), edges replicated. (B, C, H, W) -> (B, C, 2H, 2W). This filter makes it
+    the same operation as bilinear resizing with align_corners=False; no learned weights, no checkerboard."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        kernel = binomial_filter(4) * 4
+        self.register_buffer("kernel", kernel.expand(channels, 1, 4, 4).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")  # (B, C, H + 2, W + 2)
+        y = F.conv_transpose2d(padded, self.kernel.to(x.dtype), stride=2, padding=2, groups=x.shape[1])
+        return y[:, :, 1:-1, 1:-1]  # (B, C, 2H, 2W): the padding's own outputs cut off
 
 
 class ResnetBlock(nn.Module):
@@ -55,7 +103,7 @@ class ResnetBlock(nn.Module):
         return x + self.body(x)
 
 
-def _upsample(in_ch: int, out_ch: int, *, mode: str, bias: bool) -> list[nn.Module]:
+def _upsample(in_ch: int, out_ch: int, *, mode: Upsample, bias: bool) -> list[nn.Module]:
     if mode == "transpose":
         return [nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=bias)]
     if mode == "resize":
@@ -66,11 +114,19 @@ def _upsample(in_ch: int, out_ch: int, *, mode: str, bias: bool) -> list[nn.Modu
             nn.ReflectionPad2d(1),
             nn.Conv2d(in_ch, out_ch, 3, bias=bias),
         ]
-    raise ValueError(f"unknown upsample mode {mode!r}; choose transpose or resize")
+    if mode == "blur":
+        # Fixed low-pass upsampling, then a stride-1 conv (the CUT code's generator, Zhang 2019).
+        return [BlurUpsample2d(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)]
+    raise ValueError(f"unknown upsample mode {mode!r}; choose transpose, resize or blur")
 
 
 class ResnetGenerator(nn.Module):
-    """Encoder (2 stride-2 convs) + residual blocks + decoder; input H and W must be multiples of 4."""
+    """Encoder (2 stride-2 convs) + residual blocks + decoder; input H and W must be multiples of 4.
+
+    upsample: transpose (paper: stride-2 transposed convs), resize (nearest x2 + conv) or blur (fixed low-pass
+    x2, `BlurUpsample2d`, + conv). antialias: each stride-2 conv becomes a stride-1 conv → norm → ReLU →
+    `BlurPool2d` (Zhang 2019). `antialias=True, upsample="blur"` is the generator of the CUT code.
+    """
 
     def __init__(
         self,
@@ -80,8 +136,9 @@ class ResnetGenerator(nn.Module):
         channels: int = 64,
         n_blocks: int = 9,
         norm: Norm = "instance",
-        upsample: Literal["transpose", "resize"] = "transpose",
+        upsample: Upsample = "transpose",
         dropout: bool = False,
+        antialias: bool = False,
     ) -> None:
         super().__init__()
         make_norm, bias = norm_layer(norm), _uses_bias(norm)
@@ -94,10 +151,12 @@ class ResnetGenerator(nn.Module):
         width = channels
         for _ in range(2):  # downsample x4 overall
             layers += [
-                nn.Conv2d(width, width * 2, 3, stride=2, padding=1, bias=bias),
+                nn.Conv2d(width, width * 2, 3, stride=1 if antialias else 2, padding=1, bias=bias),
                 make_norm(width * 2),
                 nn.ReLU(inplace=True),
             ]
+            if antialias:
+                layers.append(BlurPool2d(width * 2))
             width *= 2
         layers += [ResnetBlock(channels=width, norm=norm, dropout=dropout) for _ in range(n_blocks)]
         for _ in range(2):
@@ -109,6 +168,72 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [-1, 1]
         return self.model(x)
+
+    # ------------------------------------------------------------------------- encoder features (CUT)
+    def encoder_layers(self) -> list[int]:
+        """Indices into `self.model` whose outputs PatchNCE compares, CUT's choice by meaning: the padded
+        input, the outputs of the two downsampling convolutions (before their norm), the first residual block
+        and the middle one (block n_blocks // 2 + 1). With `antialias` and 9 blocks these are CUT's own indices
+        [0, 4, 8, 12, 16]; without `antialias` they are [0, 4, 7, 10, 14]."""
+        blocks = [i for i, m in enumerate(self.model) if isinstance(m, ResnetBlock)]
+        first_block = blocks[0] if blocks else len(self.model)
+        convs = [i for i, m in enumerate(self.model[:first_block]) if isinstance(m, nn.Conv2d)][1:]
+        chosen = [0, *convs]
+        if blocks:
+            chosen += [blocks[0], blocks[len(blocks) // 2]]
+        return sorted(set(chosen))
+
+    def encoder_channels(self, layers: Sequence[int]) -> list[int]:
+        """Channel count of the output of each of `layers` (for building a head on top of them)."""
+        widths, width = [], self.model[1].in_channels
+        for module in self.model:
+            width = module.out_channels if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) else width
+            widths.append(width)
+        return [widths[i] for i in layers]
+
+    def encode(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The outputs of `self.model[i]` for i in `layers` (ascending), running only as far as needed."""
+        wanted, found = set(layers), {}
+        for index, module in enumerate(self.model[: max(layers) + 1]):
+            x = module(x)
+            if index in wanted:
+                found[index] = x
+        return [found[i] for i in layers]
+
+
+class PatchSampleMLP(nn.Module):
+    """CUT's projection head for PatchNCE (Park et al. 2020): per feature layer, the same random positions
+    are sampled in every image, each position's feature vector goes through Linear → ReLU → Linear to
+    `channels` and is L2-normalised. Built eagerly from the layers' channel counts."""
+
+    def __init__(self, *, in_channels: Sequence[int], channels: int = 256) -> None:
+        super().__init__()
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(c, channels), nn.ReLU(), nn.Linear(channels, channels))
+            for c in in_channels
+        )
+
+    def forward(
+        self,
+        features: Sequence[torch.Tensor],  # per layer (B, C_l, H_l, W_l)
+        num_patches: int,
+        patch_ids: Sequence[torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Returns per layer (B, N, channels) unit vectors and the sampled flat positions (N,), N = min(
+        num_patches, H_l·W_l). Pass `patch_ids` to sample the same positions again (for the other image)."""
+        samples, ids = [], []
+        for layer, (feat, mlp) in enumerate(zip(features, self.mlps, strict=True)):
+            b, c, h, w = feat.shape
+            flat = feat.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, H·W, C)
+            if patch_ids is None:
+                index = torch.randperm(h * w, generator=generator)[:num_patches].to(feat.device)
+            else:
+                index = patch_ids[layer]
+            projected = mlp(flat[:, index])  # (B, N, channels)
+            samples.append(F.normalize(projected, dim=-1, eps=1e-7))
+            ids.append(index)
+        return samples, ids
 
 
 class _UnetLevel(nn.Module):
@@ -181,27 +306,50 @@ class UnetGenerator(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN: classifies overlapping patches; `n_layers=3` gives the paper's 70x70 receptive field."""
+    """PatchGAN: classifies overlapping patches; `n_layers=3` gives the paper's 70x70 receptive field.
+
+    antialias: each stride-2 conv becomes a stride-1 conv → (norm →) LeakyReLU → `BlurPool2d` (the CUT code's
+    discriminator). spectral_norm: every conv weight divided by its largest singular value (Miyato et al.
+    2018), estimated by one power iteration per training forward.
+    """
 
     def __init__(
-        self, *, in_channels: int = 3, channels: int = 64, n_layers: int = 3, norm: Norm = "instance"
+        self,
+        *,
+        in_channels: int = 3,
+        channels: int = 64,
+        n_layers: int = 3,
+        norm: Norm = "instance",
+        antialias: bool = False,
+        spectral_norm: bool = False,
     ):
         super().__init__()
         make_norm, bias = norm_layer(norm), _uses_bias(norm)
+
+        def conv(in_ch: int, out_ch: int, *, downsample: bool, bias: bool = True) -> nn.Module:
+            stride = 2 if downsample and not antialias else 1
+            layer = nn.Conv2d(in_ch, out_ch, 4, stride=stride, padding=1, bias=bias)
+            return _spectral_norm(layer) if spectral_norm else layer
+
+        def blur(width: int, downsample: bool) -> list[nn.Module]:
+            return [BlurPool2d(width)] if downsample and antialias else []
+
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, channels, 4, stride=2, padding=1),
+            conv(in_channels, channels, downsample=True),
             nn.LeakyReLU(0.2, True),
+            *blur(channels, True),
         ]
         mult = 1
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
-            stride = 2 if n < n_layers else 1
+            downsample = n < n_layers
             layers += [
-                nn.Conv2d(channels * prev, channels * mult, 4, stride=stride, padding=1, bias=bias),
+                conv(channels * prev, channels * mult, downsample=downsample, bias=bias),
                 make_norm(channels * mult),
                 nn.LeakyReLU(0.2, True),
+                *blur(channels * mult, downsample),
             ]
-        layers.append(nn.Conv2d(channels * mult, 1, 4, stride=1, padding=1))
+        layers.append(conv(channels * mult, 1, downsample=False))
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H', W') logits
@@ -298,9 +446,19 @@ def build_discriminator(arch: str, **kwargs) -> nn.Module:
 
 @torch.no_grad()
 def init_weights(net: nn.Module, *, init_type: Init = "normal", gain: float = 0.02) -> nn.Module:
-    """Initialise conv/linear weights (and batch-norm scales) the way the CycleGAN reference does."""
-    for module in net.modules():
+    """Initialise conv/linear weights (and batch-norm scales) the way the CycleGAN reference does.
+
+    A spectrally normalised weight is initialised as a plain one and normalised again afterwards (fresh power
+    iterations for the new weight).
+    """
+    for module in list(net.modules()):
         if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            normalised = parametrize.is_parametrized(module, "weight")
+            if normalised:
+                kinds = [type(p).__name__ for p in module.parametrizations.weight]
+                if kinds != ["_SpectralNorm"]:
+                    raise ValueError(f"init_weights knows spectral norm only, not {kinds}")
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
             if init_type == "normal":
                 nn.init.normal_(module.weight, 0.0, gain)
             elif init_type == "xavier":
@@ -315,6 +473,8 @@ def init_weights(net: nn.Module, *, init_type: Init = "normal", gain: float = 0.
                 )
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+            if normalised:
+                _spectral_norm(module)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.normal_(module.weight, 1.0, gain)
             nn.init.zeros_(module.bias)

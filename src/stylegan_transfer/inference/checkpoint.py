@@ -21,6 +21,8 @@ from stylegan_transfer.networks import GENERATORS, build_generator, size_multipl
 ROLES = {"g_ab": ("a", "b"), "g_ba": ("b", "a")}
 # Checkpoint key holding plain export metadata (style, domain_a, domain_b, preprocess, train_size).
 EXPORT_METADATA_KEY = "export_metadata"
+# A generator's moving average is stored beside it as `<role>_ema.*`; exports prefer it.
+EMA_SUFFIX = "_ema"
 
 
 @dataclass
@@ -30,10 +32,11 @@ class CheckpointGenerators:
     path: Path
     arch: str
     kwargs: dict[str, Any]
-    states: dict[str, dict[str, torch.Tensor]]
+    states: dict[str, dict[str, torch.Tensor]]  # per role: the EMA weights when the checkpoint has them
     epoch: int = 0
     global_step: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)  # written at train time; may be empty
+    ema_roles: tuple[str, ...] = ()  # roles whose `states` are moving averages
 
     def build(self, role: str = "g_ab") -> nn.Module:
         """Rebuild one generator (eval mode), with `.export_metadata` giving its size multiple."""
@@ -84,11 +87,14 @@ def read_checkpoint(path: str | Path) -> CheckpointGenerators:
     if gen["arch"] not in GENERATORS:
         raise ExportError(f"{path}: unknown generator arch {gen['arch']!r}; known: {sorted(GENERATORS)}")
     states: dict[str, dict[str, torch.Tensor]] = {}
+    ema_roles: list[str] = []
     for role in ROLES:
-        prefix = role + "."
-        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        if state:
-            states[role] = state
+        for prefix in (role + EMA_SUFFIX + ".", role + "."):  # the moving average first, when kept
+            state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+            if state:
+                states[role] = state
+                ema_roles += [role] if prefix.startswith(role + EMA_SUFFIX) else []
+                break
     if not states:
         raise ExportError(f"{path} holds no g_ab.* or g_ba.* weights.")
     metadata = ckpt.get(EXPORT_METADATA_KEY) or {}
@@ -100,6 +106,7 @@ def read_checkpoint(path: str | Path) -> CheckpointGenerators:
         epoch=int(ckpt.get("epoch", 0)),
         global_step=int(ckpt.get("global_step", 0)),
         metadata=dict(metadata) if isinstance(metadata, dict) else {},
+        ema_roles=tuple(ema_roles),
     )
 
 

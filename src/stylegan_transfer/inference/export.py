@@ -94,7 +94,7 @@ def export_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
     *,
-    roles: tuple[str, ...] = ("g_ab", "g_ba"),
+    roles: tuple[str, ...] | None = None,
     style: str | None = None,
     domain_a: str | None = None,
     domain_b: str | None = None,
@@ -105,12 +105,19 @@ def export_checkpoint(
     extra: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
-    """Export the chosen generators of a training checkpoint; explicit names override the recorded ones."""
+    """Export the chosen generators of a training checkpoint (`roles` None: every one it holds; their moving
+    averages when it kept them); explicit names override the recorded ones."""
     found = read_checkpoint(checkpoint)
     overrides = {"style": style, "domain_a": domain_a, "domain_b": domain_b}
     metadata = {**found.metadata, **{k: v for k, v in overrides.items() if v}}
+    roles = tuple(found.states) if roles is None else roles
     generators = {role: found.build(role) for role in roles}
-    info = {"source_checkpoint": found.path.name, "epoch": found.epoch, "global_step": found.global_step}
+    info = {
+        "source_checkpoint": found.path.name,
+        "epoch": found.epoch,
+        "global_step": found.global_step,
+        "ema": all(role in found.ema_roles for role in roles),
+    }
     return write_generators(
         generators,
         out_dir,
@@ -217,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-o", "--output", type=Path, help="output folder (default: <run>/export)")
     parser.add_argument(
-        "--role", choices=("g_ab", "g_ba", "both"), default="both", help="which generator(s) to export"
+        "--role",
+        choices=("g_ab", "g_ba", "both"),
+        default="both",
+        help="which generator(s) to export (both: every one the checkpoint holds)",
     )
     parser.add_argument("--style", help="style name stored in the metadata (default: from the checkpoint)")
     parser.add_argument("--domain-a", help="name of domain A, e.g. photo (default: from the checkpoint)")
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.from_official is None):
         parser.error("give either a checkpoint or --from-official PTH")
-    roles = ("g_ab", "g_ba") if args.role == "both" else (args.role,)
+    roles = None if args.role == "both" else (args.role,)  # both: those the checkpoint has
     from stylegan_transfer.inference import onnx_pt2
 
     try:

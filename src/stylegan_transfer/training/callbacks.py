@@ -25,7 +25,7 @@ from torchvision.utils import make_grid
 
 from stylegan_transfer.atomic import atomic_path
 from stylegan_transfer.images import load_rgb, save_image, to_image, to_tensor
-from stylegan_transfer.inference.checkpoint import EXPORT_METADATA_KEY, ROLES
+from stylegan_transfer.inference.checkpoint import EMA_SUFFIX, EXPORT_METADATA_KEY, ROLES
 from stylegan_transfer.inference.export import export_checkpoint
 from stylegan_transfer.metrics import scores as metrics
 from stylegan_transfer.metrics.weights import load_inception_features
@@ -33,6 +33,13 @@ from stylegan_transfer.metrics.weights import load_inception_features
 log = logging.getLogger(__name__)
 
 GRID_COLUMNS = ("real_a", "fake_b", "rec_a", "real_b", "fake_a", "rec_b")
+
+
+def evaluated_generator(module: L.LightningModule, role: str) -> torch.nn.Module | None:
+    """The network that stands for `role` (g_ab, g_ba) outside training: its moving average `<role>_ema` when
+    the module keeps one, else the trained network itself; None when the module has no such generator."""
+    ema = getattr(module, role + EMA_SUFFIX, None)
+    return ema if ema is not None else getattr(module, role, None)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -259,15 +266,16 @@ class KIDEvaluation(L.Callback):
         self.inception.to(device)
         if self.target_features is None:
             self.target_features = self._features(self._targets, device)
-        was_training = pl_module.g_ab.training
-        pl_module.g_ab.eval()
+        generator = evaluated_generator(pl_module, "g_ab")  # the EMA when kept
+        was_training = generator.training
+        generator.eval()
         fakes = torch.cat(
             [
-                metrics.quantize(metrics.run_generator(pl_module.g_ab, batch.to(device))).cpu()
+                metrics.quantize(metrics.run_generator(generator, batch.to(device))).cpu()
                 for batch in self.inputs.split(self.batch_size)
             ]
         )  # (N, 3, S, S)
-        pl_module.g_ab.train(was_training)
+        generator.train(was_training)
         fake_features = self._features(fakes, device)
         kid = metrics.kernel_inception_distance(
             self.target_features,

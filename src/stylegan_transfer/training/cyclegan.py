@@ -2,17 +2,22 @@
 
 Knows nothing of files or configuration objects: every setting arrives as a typed keyword argument,
 and the networks are built through the registries in `networks.py`. All `lambda_*` weights are applied
-in `training_step` and nowhere else.
+in `training_step` and nowhere else (the discriminator's λ_gp and λ_r1 through `discriminator_loss`, which it
+calls once per discriminator).
+
+Options beyond the paper, all off by default (the paper's step is unchanged when they are off): DiffAugment of
+every discriminator input (`diffaugment`), an EMA of the generators used for validation, samples, KID and
+export (`ema_decay`), R1 on the discriminators (`lambda_r1`), normalised VGG content terms of the cycle and
+identity images beside their L1 (`lambda_cycle_perceptual`, `lambda_identity_perceptual`); anti-aliased
+networks and spectral norm are constructor arguments of the networks (`generator`, `discriminator`).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 
@@ -20,10 +25,11 @@ from stylegan_transfer import losses
 from stylegan_transfer.image_pool import ImagePool
 from stylegan_transfer.networks import build_discriminator, build_generator, init_weights
 from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS, PerceptualLoss
-from stylegan_transfer.training.optim import LrScaling, batch_lr_factor, linear_decay_factor
+from stylegan_transfer.training.adversarial import AdversarialModule, augmenter, ema_copy, update_ema
+from stylegan_transfer.training.optim import LrScaling, batch_lr_factor
 
 
-class CycleGANModule(L.LightningModule):
+class CycleGANModule(AdversarialModule):
     def __init__(
         self,
         *,
@@ -53,6 +59,11 @@ class CycleGANModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         fused_adam: bool | None = None,
+        diffaugment: str = "",
+        ema_decay: float = 0.0,
+        lambda_r1: float = 0.0,
+        lambda_cycle_perceptual: float = 0.0,
+        lambda_identity_perceptual: float = 0.0,
     ) -> None:
         """Performance options (the GPU presets in configs/perf/ turn them on):
 
@@ -60,13 +71,26 @@ class CycleGANModule(L.LightningModule):
         channels_last: NHWC weights and inputs (faster convolutions with tensor cores / oneDNN).
         compile: `torch.compile` each network in place (state_dict keys and exports are unchanged).
         fused_adam: one fused Adam kernel; None = fused when the parameters are on a GPU.
+
+        Quality options (off = the paper):
+
+        diffaugment: DiffAugment policy for every discriminator input, real and fake, e.g.
+            "color,translation,cutout" (see `augment.py`); "" = none.
+        ema_decay: keep g_ab_ema / g_ba_ema, p_ema ← d·p_ema + (1 - d)·p after each generator step, and use
+            them for validation, sample grids, KID and export; 0 = off (e.g. 0.999).
+        lambda_r1: weight γ of the R1 penalty γ/2·E||∇D(x)||² on real images.
+        lambda_cycle_perceptual / lambda_identity_perceptual: weights of the normalised VGG content distance
+            (`PerceptualLoss.content` at `content_layers`) of rec vs real / identity vs real, beside the L1.
         """
         super().__init__()
         generator = dict(generator or {"arch": "resnet"})
         discriminator = dict(discriminator or {"arch": "patch"})
         if gan_mode not in losses.GAN_MODES:
             raise ValueError(f"unknown gan_mode {gan_mode!r}; choose one of {losses.GAN_MODES}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off), not {ema_decay}")
         batch_lr_factor(batch_size, lr_scaling)  # validates both early
+        self.augment = augmenter(diffaugment)  # validates the policy early
         self.save_hyperparameters()  # plain values only (reads the normalised locals above)
         self.automatic_optimization = False
         gen_kwargs, disc_kwargs = dict(generator), dict(discriminator)
@@ -78,6 +102,8 @@ class CycleGANModule(L.LightningModule):
         self.d_b = build_discriminator(disc_arch, **disc_kwargs)
         for net in (self.g_ab, self.g_ba, self.d_a, self.d_b):
             init_weights(net, init_type=init_type, gain=init_gain)
+        if ema_decay > 0:  # frozen moving averages, saved in checkpoints like any submodule
+            self.g_ab_ema, self.g_ba_ema = ema_copy(self.g_ab), ema_copy(self.g_ba)
         self.pool_a = ImagePool(pool_size, seed=seed)  # history of fake_a
         self.pool_b = ImagePool(pool_size, seed=seed + 1)  # history of fake_b
         self.perceptual = PerceptualLoss(
@@ -90,22 +116,25 @@ class CycleGANModule(L.LightningModule):
     def networks(self) -> tuple[nn.Module, ...]:
         return (self.g_ab, self.g_ba, self.d_a, self.d_b)
 
-    def configure_model(self) -> None:
-        """Compile once, in place: `nn.Module.compile` keeps parameter names, so checkpoints and exports agree."""
-        if self.hparams.compile and not getattr(self, "_compiled", False):
-            for net in self.networks:
-                net.compile()
-            self._compiled = True
-
-    def _memory_format(self, images: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        if self.hparams.channels_last:
-            return images.contiguous(memory_format=torch.channels_last)
-        return images
+    def evaluation_generators(self) -> tuple[nn.Module, nn.Module]:
+        """(g_ab, g_ba) as validation, samples and export see them: their EMA when kept."""
+        if self.uses_ema:
+            return self.g_ab_ema, self.g_ba_ema
+        return self.g_ab, self.g_ba
 
     # ----------------------------------------------------------------------------- perceptual terms
     @property
     def uses_vgg(self) -> bool:
-        return self.hparams.lambda_content > 0 or self.hparams.lambda_style > 0
+        hp = self.hparams
+        return any(
+            w > 0
+            for w in (
+                hp.lambda_content,
+                hp.lambda_style,
+                hp.lambda_cycle_perceptual,
+                hp.lambda_identity_perceptual,
+            )
+        )
 
     def setup(self, stage: str) -> None:
         if self.uses_vgg:
@@ -126,41 +155,20 @@ class CycleGANModule(L.LightningModule):
         style = p.style(style_fb, p.grams(style_rb)) + p.style(style_fa, p.grams(style_ra))
         return content, style
 
+    def perceptual_distance(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Normalised VGG content distance (`PerceptualLoss.content`) of images to their targets (no gradient
+        into the targets' features)."""
+        p = self.perceptual
+        content, _ = p.features(images)
+        with torch.no_grad():
+            target_content, _ = p.features(targets)
+        return p.content(content, target_content)
+
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
-        hp = self.hparams
-        betas = (hp.beta1, hp.beta2)
-        lr = hp.lr * batch_lr_factor(hp.batch_size * self._world_size(), hp.lr_scaling)
-        impl = self.adam_implementation()
-        opt_g = torch.optim.Adam(
-            itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()), lr=lr, betas=betas, **impl
-        )
-        opt_d = torch.optim.Adam(
-            itertools.chain(self.d_a.parameters(), self.d_b.parameters()), lr=lr, betas=betas, **impl
-        )
-        rule = functools.partial(
-            linear_decay_factor, epochs_constant=hp.epochs_constant, epochs_decay=hp.epochs_decay
-        )
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, rule) for opt in (opt_g, opt_d)]
-        return [opt_g, opt_d], schedulers
-
-    def _world_size(self) -> int:
-        trainer = self._trainer  # None outside a Trainer
-        return int(trainer.world_size) if trainer is not None else 1
-
-    def adam_implementation(self) -> dict[str, bool]:
-        """Keyword arguments for torch.optim.Adam: {"fused": True} or torch's default (foreach on GPU)."""
-        fused = self.hparams.fused_adam
-        if fused is None:
-            fused = self.device.type == "cuda"
-        return {"fused": True} if fused else {}
-
-    def _discriminator_loss(self, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        mode = self.hparams.gan_mode
-        loss = losses.discriminator_adversarial(disc(real), disc(fake.detach()), mode)
-        if mode == "wgangp":
-            loss = loss + self.hparams.lambda_gp * losses.gradient_penalty(disc, real, fake)
-        return loss
+        opt_g = self.adam(itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()))
+        opt_d = self.adam(itertools.chain(self.d_a.parameters(), self.d_b.parameters()))
+        return [opt_g, opt_d], self.linear_decay_schedulers(opt_g, opt_d)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         hp = self.hparams
@@ -173,22 +181,32 @@ class CycleGANModule(L.LightningModule):
             rec_a = self.g_ba(fake_b)
             fake_a = self.g_ba(real_b)
             rec_b = self.g_ab(fake_a)
-            adv = losses.generator_adversarial(self.d_b(fake_b), hp.gan_mode) + losses.generator_adversarial(
-                self.d_a(fake_a), hp.gan_mode
-            )
+            adv = losses.generator_adversarial(
+                self.d_b(self.augment(fake_b)), hp.gan_mode
+            ) + losses.generator_adversarial(self.d_a(self.augment(fake_a)), hp.gan_mode)
             cycle = losses.cycle_l1(rec_a, real_a) + losses.cycle_l1(rec_b, real_b)
             loss_g = adv + hp.lambda_cycle * cycle
             logs = {"train/g_adv": adv, "train/cycle": cycle}
+            if hp.lambda_identity > 0 or hp.lambda_identity_perceptual > 0:
+                idt_b, idt_a = self.g_ab(real_b), self.g_ba(real_a)
             if hp.lambda_identity > 0:
-                identity = losses.identity_l1(self.g_ab(real_b), real_b) + losses.identity_l1(
-                    self.g_ba(real_a), real_a
-                )
+                identity = losses.identity_l1(idt_b, real_b) + losses.identity_l1(idt_a, real_a)
                 loss_g = loss_g + hp.lambda_cycle * hp.lambda_identity * identity
                 logs["train/identity"] = identity
-            if self.uses_vgg:
+            if hp.lambda_content > 0 or hp.lambda_style > 0:
                 content, style = self._perceptual_terms(fake_b, fake_a, real_a, real_b)
                 loss_g = loss_g + hp.lambda_content * content + hp.lambda_style * style
                 logs |= {"train/content": content, "train/style": style}
+            if hp.lambda_cycle_perceptual > 0:
+                cycle_vgg = self.perceptual_distance(rec_a, real_a) + self.perceptual_distance(rec_b, real_b)
+                loss_g = loss_g + hp.lambda_cycle_perceptual * cycle_vgg
+                logs["train/cycle_perceptual"] = cycle_vgg
+            if hp.lambda_identity_perceptual > 0:
+                identity_vgg = self.perceptual_distance(idt_b, real_b) + self.perceptual_distance(
+                    idt_a, real_a
+                )
+                loss_g = loss_g + hp.lambda_identity_perceptual * identity_vgg
+                logs["train/identity_perceptual"] = identity_vgg
             if hp.lambda_tv > 0:
                 tv = losses.total_variation(fake_b) + losses.total_variation(fake_a)
                 loss_g = loss_g + hp.lambda_tv * tv
@@ -196,51 +214,54 @@ class CycleGANModule(L.LightningModule):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss_g)
             opt_g.step()
+        if self.uses_ema:
+            update_ema(self.g_ab_ema, self.g_ab, hp.ema_decay)
+            update_ema(self.g_ba_ema, self.g_ba, hp.ema_decay)
 
         with self.toggled_optimizer(opt_d):  # generators frozen
-            loss_d_b = self._discriminator_loss(self.d_b, real_b, self.pool_b.query(fake_b))
-            loss_d_a = self._discriminator_loss(self.d_a, real_a, self.pool_a.query(fake_a))
+            terms_b = self.discriminator_terms(self.d_b, real_b, self.pool_b.query(fake_b))
+            loss_d_b = self.discriminator_loss(terms_b)
+            terms_a = self.discriminator_terms(self.d_a, real_a, self.pool_a.query(fake_a))
+            loss_d_a = self.discriminator_loss(terms_a)
             loss_d = loss_d_a + loss_d_b
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(loss_d)
             opt_d.step()
 
         logs |= {"train/loss_g": loss_g, "train/loss_d": loss_d, "train/d_a": loss_d_a, "train/d_b": loss_d_b}
+        if hp.lambda_r1 > 0:
+            logs["train/r1"] = terms_a["r1"] + terms_b["r1"]
         # Tensors stay on the device: Lightning reads them only every `log_every_n_steps` (no host sync per
         # step as long as they are not on the progress bar).
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=real_a.shape[0])
 
-    def on_train_epoch_end(self) -> None:
-        # Logged once per epoch: a Python float logged every step would be copied to the GPU every step.
-        opt_g = self.optimizers()[0]
-        self.log("train/lr", opt_g.param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
-        for scheduler in self.lr_schedulers():
-            scheduler.step()
-
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def translate_batch(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Both directions and both reconstructions for a batch: keys real_a, fake_b, rec_a, real_b, fake_a, rec_b."""
+        """Both directions and both reconstructions for a batch: keys real_a, fake_b, rec_a, real_b, fake_a, rec_b
+        (by the EMA generators when kept)."""
+        g_ab, g_ba = self.evaluation_generators()
         real_a, real_b = self._memory_format(real_a), self._memory_format(real_b)
-        fake_b = self.g_ab(real_a)
-        fake_a = self.g_ba(real_b)
+        fake_b = g_ab(real_a)
+        fake_a = g_ba(real_b)
         return {
             "real_a": real_a,
             "fake_b": fake_b,
-            "rec_a": self.g_ba(fake_b),
+            "rec_a": g_ba(fake_b),
             "real_b": real_b,
             "fake_a": fake_a,
-            "rec_b": self.g_ab(fake_a),
+            "rec_b": g_ab(fake_a),
         }
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        g_ab, g_ba = self.evaluation_generators()
         out = self.translate_batch(batch["a"], batch["b"])
         cycle = 0.5 * (
             losses.cycle_l1(out["rec_a"], out["real_a"]) + losses.cycle_l1(out["rec_b"], out["real_b"])
         )
         identity = 0.5 * (
-            losses.identity_l1(self.g_ab(batch["b"]), batch["b"])
-            + losses.identity_l1(self.g_ba(batch["a"]), batch["a"])
+            losses.identity_l1(g_ab(batch["b"]), batch["b"])
+            + losses.identity_l1(g_ba(batch["a"]), batch["a"])
         )
         self.log_dict(
             {"val/cycle_l1": cycle, "val/identity_l1": identity},

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from stylegan_transfer.datasets import DEMO_ROOT, DataError
-from stylegan_transfer.inference.checkpoint import ROLES
+from stylegan_transfer.inference.checkpoint import EMA_SUFFIX, ROLES
 from stylegan_transfer.inference.export import write_generators
 from stylegan_transfer.metrics.weights import MetricWeightsError
 from stylegan_transfer.networks import DISCRIMINATORS, GENERATORS
@@ -37,6 +37,7 @@ from stylegan_transfer.training.callbacks import (
     ExportMetadata,
     KIDEvaluation,
     RNGState,
+    evaluated_generator,
 )
 
 log = logging.getLogger(__name__)
@@ -203,9 +204,11 @@ def _prepare_wandb(logger_cfg: DictConfig | None) -> bool:
 
 QUALITY_METRIC = "val/kid"
 FALLBACK_METRIC = "val/cycle_l1"
+# Per module: a module's `fallback_metric` attribute names its own (CUT has no cycle: "val/nce").
+FALLBACK_METRICS = (FALLBACK_METRIC, "val/nce")
 
 
-def select_by_quality(callbacks: list[L.Callback]) -> str | None:
+def select_by_quality(callbacks: list[L.Callback], fallback: str = FALLBACK_METRIC) -> str | None:
     """Make sure the quality metric can be computed; if the FID Inception weights cannot be had, say so once,
     drop the evaluation and point every selection that monitored it at the fallback metric, explicitly.
 
@@ -221,11 +224,11 @@ def select_by_quality(callbacks: list[L.Callback]) -> str | None:
     except MetricWeightsError as err:
         log.warning(
             "%s is off: %s\nbest.ckpt, export/best/ and the sweep objective fall back to %s, which rewards "
-            "under-stylised models (a generator that copies its input has zero cycle loss): see README "
+            "under-stylised models (a generator that copies its input minimises it): see README "
             "'Choosing the best model'.",
             QUALITY_METRIC,
             err,
-            FALLBACK_METRIC,
+            fallback,
         )
     for evaluation in evaluations:
         callbacks.remove(evaluation)
@@ -234,8 +237,8 @@ def select_by_quality(callbacks: list[L.Callback]) -> str | None:
             isinstance(callback, ModelCheckpoint | ExportBestGenerators)
             and callback.monitor == QUALITY_METRIC
         ):
-            callback.monitor = FALLBACK_METRIC
-    return FALLBACK_METRIC
+            callback.monitor = fallback
+    return fallback
 
 
 def export_metadata(cfg: DictConfig) -> ExportMetadata:
@@ -251,15 +254,18 @@ def export_metadata(cfg: DictConfig) -> ExportMetadata:
 
 
 def export_generators(module: L.LightningModule, out_dir: Path, metadata: ExportMetadata) -> list[Path]:
-    """Write g_ab and g_ba (those the module has: fast style has only g_ab) as generator-only safetensors."""
-    generators = {role: getattr(module, role) for role in ROLES if getattr(module, role, None) is not None}
+    """Write g_ab and g_ba (those the module has: fast style and CUT have only g_ab) as generator-only
+    safetensors; a generator's moving average (`g_ab_ema`) when the module keeps one."""
+    found = {role: evaluated_generator(module, role) for role in ROLES}
+    generators = {role: net for role, net in found.items() if net is not None}
+    ema = all(getattr(module, role + EMA_SUFFIX, None) is not None for role in generators)
     return write_generators(
         generators,
         out_dir,
         arch=module.generator_arch,
         kwargs=module.generator_kwargs,
         metadata=metadata.metadata,
-        extra={"epoch": int(module.current_epoch)},
+        extra={"epoch": int(module.current_epoch), "ema": ema},
         log=log.info,
     )
 
@@ -310,10 +316,9 @@ def run_job(cfg: DictConfig) -> float | None:
             raise
         log.exception("job %s failed; the sweep continues with the next job", output_dir.name)
         return float("nan")
-    if metric == QUALITY_METRIC and QUALITY_METRIC not in metrics and FALLBACK_METRIC in metrics:
-        metric = (
-            FALLBACK_METRIC  # quality could not be measured (no Inception weights): said when training began
-        )
+    if metric == QUALITY_METRIC and QUALITY_METRIC not in metrics:
+        # quality could not be measured (no Inception weights): said when training began
+        metric = next((m for m in FALLBACK_METRICS if m in metrics), metric)
     # Every rank logs its final metrics to its own log file (train.log, train.rank<N>.log): values logged with
     # sync_dist agree across ranks, per-step training losses are each rank's own shard.
     rank = rank_zero_only.rank  # the Trainer set it to the global rank
@@ -341,7 +346,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metadata = export_metadata(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [RNGState(), metadata]  # exact resume and self-describing checkpoints, whatever the config
-    selected_by = select_by_quality(callbacks)
+    selected_by = select_by_quality(callbacks, getattr(module, "fallback_metric", FALLBACK_METRIC))
     uses_wandb = _prepare_wandb(cfg.get("logger"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(
@@ -378,8 +383,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def objective(configured: str | None, selected_by: str | None) -> str | None:
     """The metric sweeps optimise: the configured one, or the fallback when quality could not be measured."""
-    if configured == QUALITY_METRIC and selected_by == FALLBACK_METRIC:
-        return FALLBACK_METRIC
+    if configured == QUALITY_METRIC and selected_by not in (None, QUALITY_METRIC):
+        return selected_by
     return configured
 
 

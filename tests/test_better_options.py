@@ -1,0 +1,283 @@
+"""Issue 13 options of CycleGAN (off by default), each against its definition: R1, EMA of the generators
+(update rule, where it is used, export, exact resume), perceptual cycle/identity terms; the config files'
+values equal the constructors' defaults."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf, open_dict
+from torch.utils.data import DataLoader
+
+from conftest import CONFIGS, quiet_trainer
+from stylegan_transfer.inference.checkpoint import read_checkpoint
+from stylegan_transfer.inference.export import export_checkpoint
+from stylegan_transfer.inference.generator_file import load_generator, read_metadata
+from stylegan_transfer.losses import r1_penalty
+from stylegan_transfer.networks import PatchDiscriminator, ResnetGenerator
+from stylegan_transfer.perceptual import VGGFeatures, vgg_features_module
+from stylegan_transfer.training import callbacks as cb
+from stylegan_transfer.training.adversarial import update_ema
+from stylegan_transfer.training.cut import CUTModule
+from stylegan_transfer.training.cyclegan import CycleGANModule
+from stylegan_transfer.training.run import export_generators, train
+
+TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}
+TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2}
+
+
+def tiny(**kwargs) -> CycleGANModule:
+    return CycleGANModule(generator=TINY_G, discriminator=TINY_D, pool_size=2, **kwargs)
+
+
+def fixed_batches(count: int, batch: int = 2, size: int = 32) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        {
+            "a": torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
+            "b": torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
+        }
+        for _ in range(count)
+    ]
+
+
+def fit_batches(module, batches, **kwargs):
+    trainer = quiet_trainer(max_steps=len(batches), limit_val_batches=0, **kwargs)
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))  # the batches as they are
+    return trainer
+
+
+# ----------------------------------------------------------------------------- R1
+def test_r1_penalty_is_the_mean_squared_input_gradient_on_reals():
+    a = torch.randn(3, 4, 4, requires_grad=True)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    logits = (a * x**2).sum(dim=(1, 2, 3)).reshape(2, 1, 1, 1)  # D(x) = Σ a·x²: ∇_x D = 2·a·x
+    r1 = r1_penalty(logits, x)
+    expected = ((2 * a * x) ** 2).sum(dim=(1, 2, 3)).mean()
+    torch.testing.assert_close(r1, expected)
+    r1.backward()  # the graph is kept: the penalty trains D's parameters
+    torch.testing.assert_close(a.grad, (8 * a * x**2).mean(dim=0).detach())
+
+
+def test_r1_penalty_of_a_linear_patch_discriminator():
+    weight = torch.randn(1, 3, 4, 4)
+    x = torch.randn(2, 3, 10, 10, requires_grad=True)
+    logits = F.conv2d(x, weight)  # (2, 1, 7, 7) patch logits
+    gradient = F.conv_transpose2d(torch.ones_like(logits), weight)  # Σ over patches of each patch's weight
+    expected = gradient.pow(2).flatten(1).sum(dim=1).mean()
+    torch.testing.assert_close(r1_penalty(logits, x), expected)
+
+
+def test_discriminator_loss_applies_gamma_over_two_and_lambda_gp_once():
+    module = tiny(lambda_r1=10.0, lambda_gp=3.0)
+    terms = {"adv": torch.tensor(1.0), "r1": torch.tensor(2.0), "gp": torch.tensor(0.5)}
+    assert module.discriminator_loss(terms).item() == pytest.approx(1.0 + 3.0 * 0.5 + 0.5 * 10.0 * 2.0)
+    assert module.discriminator_loss({"adv": torch.tensor(1.0)}).item() == 1.0
+
+
+def test_r1_trains_and_is_logged():
+    module = tiny(lambda_r1=10.0)
+    trainer = fit_batches(module, fixed_batches(1))
+    r1 = trainer.callback_metrics["train/r1"]
+    assert torch.isfinite(r1) and r1 > 0
+
+
+# ----------------------------------------------------------------------------- EMA
+def test_update_ema_is_the_exponential_moving_average_and_copies_buffers():
+    net, ema = (
+        ResnetGenerator(channels=2, n_blocks=1, norm="batch"),
+        ResnetGenerator(channels=2, n_blocks=1, norm="batch"),
+    )
+    with torch.no_grad():
+        net(torch.randn(2, 3, 16, 16))  # moves the batch-norm running statistics
+    before = copy.deepcopy(ema.state_dict())
+    update_ema(ema, net, 0.9)
+    for name, p_ema in ema.named_parameters():
+        p = dict(net.named_parameters())[name]
+        torch.testing.assert_close(p_ema, 0.9 * before[name] + 0.1 * p.detach())
+    for name, b in net.named_buffers():
+        assert torch.equal(dict(ema.named_buffers())[name], b)
+
+
+def test_ema_follows_each_generator_step_and_is_what_evaluation_sees():
+    module = tiny(ema_decay=0.9)
+    assert not hasattr(tiny(), "g_ab_ema")  # off: no copies, the paper's state dict
+    initial = copy.deepcopy(module.g_ab.state_dict())
+    assert all(torch.equal(v, module.g_ab_ema.state_dict()[k]) for k, v in initial.items())  # starts equal
+    batches = fixed_batches(2)
+    fit_batches(module, batches)
+    trained_params = {n for n, _ in module.g_ab.named_parameters()}
+    for name in trained_params:
+        assert not torch.equal(module.g_ab_ema.state_dict()[name], module.g_ab.state_dict()[name])
+    assert all(not p.requires_grad for p in module.g_ab_ema.parameters())
+    optimised = {id(p) for opt in module.optimizers() for group in opt.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in [*module.g_ab_ema.parameters(), *module.g_ba_ema.parameters()]}
+    # samples, validation and KID use the EMA
+    real_a, real_b = batches[0]["a"], batches[0]["b"]
+    module.eval()
+    out = module.translate_batch(real_a, real_b)
+    with torch.no_grad():
+        torch.testing.assert_close(out["fake_b"], module.g_ab_ema(real_a))
+        torch.testing.assert_close(out["rec_b"], module.g_ab_ema(module.g_ba_ema(real_b)))
+        assert not torch.allclose(out["fake_b"], module.g_ab(real_a))
+    assert cb.evaluated_generator(module, "g_ab") is module.g_ab_ema
+    plain = tiny()
+    assert cb.evaluated_generator(plain, "g_ab") is plain.g_ab
+
+
+def test_ema_update_value_after_one_step():
+    module = tiny(ema_decay=0.75)
+    initial = copy.deepcopy(module.g_ab.state_dict())
+    fit_batches(module, fixed_batches(1))
+    for name, p in module.g_ab.named_parameters():
+        torch.testing.assert_close(
+            module.g_ab_ema.state_dict()[name], 0.75 * initial[name] + 0.25 * p.detach()
+        )
+
+
+def test_kid_evaluation_scores_the_ema_generator(monkeypatch):
+    module = tiny(ema_decay=0.9)
+    evaluation = cb.KIDEvaluation(num_images=4, batch_size=2, kid_subset_size=4, kid_subsets=2)
+    evaluation.inception = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    evaluation.inputs = evaluation._targets = torch.rand(4, 3, 32, 32) * 2 - 1
+    used = []
+    original = cb.metrics.run_generator
+    monkeypatch.setattr(cb.metrics, "run_generator", lambda g, x: used.append(g) or original(g, x))
+    scores = evaluation.evaluate(module)
+    assert used and all(g is module.g_ab_ema for g in used) and "val/kid" in scores
+
+
+def test_exports_and_checkpoints_carry_the_ema_weights(tmp_path):
+    module = tiny(ema_decay=0.5)
+    trainer = fit_batches(module, fixed_batches(2), default_root_dir=tmp_path)
+    module.eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        want = module.g_ab_ema(x)
+        assert not torch.allclose(want, module.g_ab(x))
+    paths = export_generators(module, tmp_path / "export", cb.ExportMetadata())
+    assert [p.name for p in paths] == ["g_ab.safetensors", "g_ba.safetensors"]
+    with torch.no_grad():
+        torch.testing.assert_close(load_generator(paths[0])(x), want)
+    assert read_metadata(paths[0])["ema"] is True
+
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    found = read_checkpoint(ckpt)
+    assert found.ema_roles == ("g_ab", "g_ba")
+    with torch.no_grad():
+        torch.testing.assert_close(found.build("g_ab")(x), want)  # the checkpoint reader prefers g_ab_ema.*
+    (exported,) = export_checkpoint(ckpt, tmp_path / "from_ckpt", roles=("g_ab",), log=lambda _m: None)
+    assert read_metadata(exported)["ema"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(load_generator(exported)(x), want)
+
+
+def test_ema_resumes_exactly(compose_cfg, cyclegan_dir, tmp_path):
+    """3 epochs in one go, or 2 epochs and a resume from last.ckpt: the same EMA weights at the end."""
+
+    def run(out: Path, *overrides: str) -> dict[str, torch.Tensor]:
+        cfg = compose_cfg(
+            "style=custom",
+            f"data.dir_a={cyclegan_dir / 'trainA'}",
+            f"data.dir_b={cyclegan_dir / 'trainB'}",
+            "model.epochs_constant=1",
+            "model.epochs_decay=2",
+            "model.ema_decay=0.5",
+            "callbacks.kid=null",
+            "callbacks.best.monitor=val/cycle_l1",
+            "callbacks.export_best=null",
+            *overrides,
+        )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out)
+        train(cfg)
+        state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        return {k: v for k, v in state.items() if k.startswith(("g_ab_ema.", "g_ba_ema."))}
+
+    full = run(tmp_path / "full")
+    first = run(tmp_path / "first", "trainer.max_epochs=2")
+    assert full.keys() == first.keys() and len(full) > 0
+    assert any(not torch.equal(full[k], first[k]) for k in full)  # the third epoch moved the EMA
+    resumed = run(tmp_path / "resumed", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}")
+    for key, value in full.items():
+        assert torch.equal(resumed[key], value), key
+
+
+# ----------------------------------------------------------------------------- perceptual cycle and identity
+def _tiny_vgg(module) -> VGGFeatures:
+    torch.manual_seed(5)
+    module.perceptual.vgg = VGGFeatures(vgg_features_module(width_divisor=16), ["relu2_1", "relu1_1"])
+    module.perceptual.content_layers = ["relu2_1"]
+    module.perceptual.style_layers = ["relu1_1"]
+    return module.perceptual.vgg
+
+
+def _content(vgg, images, targets) -> torch.Tensor:
+    """Σ over content layers of mean (F(x) - F(t))² / mean F(t)², written out."""
+    f, t = vgg(images)[0], vgg(targets)[0]
+    return ((f - t) ** 2).mean() / (t**2).mean()
+
+
+def test_perceptual_cycle_and_identity_terms_have_their_definition_and_weights():
+    hp = dict(
+        lambda_cycle=7.0, lambda_identity=0.3, lambda_cycle_perceptual=2.0, lambda_identity_perceptual=3.0
+    )
+    module = tiny(**hp)
+    vgg = _tiny_vgg(module)
+    g_ab, g_ba = copy.deepcopy(module.g_ab), copy.deepcopy(module.g_ba)
+    batches = fixed_batches(1)
+    trainer = fit_batches(module, batches)
+    m = trainer.callback_metrics
+    real_a, real_b = batches[0]["a"], batches[0]["b"]
+    with torch.no_grad():
+        fake_b, fake_a = g_ab(real_a), g_ba(real_b)
+        cycle = _content(vgg, g_ba(fake_b), real_a) + _content(vgg, g_ab(fake_a), real_b)
+        identity = _content(vgg, g_ab(real_b), real_b) + _content(vgg, g_ba(real_a), real_a)
+    assert m["train/cycle_perceptual"].item() == pytest.approx(cycle.item(), rel=1e-5)
+    assert m["train/identity_perceptual"].item() == pytest.approx(identity.item(), rel=1e-5)
+    rest = m["train/g_adv"] + 7.0 * m["train/cycle"] + 7.0 * 0.3 * m["train/identity"]
+    weighted = 2.0 * m["train/cycle_perceptual"] + 3.0 * m["train/identity_perceptual"]
+    assert m["train/loss_g"].item() == pytest.approx((rest + weighted).item(), rel=1e-5)  # each weight once
+
+
+# ----------------------------------------------------------------------------- configs agree with the code
+def _signature_defaults(cls) -> dict:
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize(("config", "cls"), [("cyclegan", CycleGANModule), ("cut", CUTModule)])
+def test_model_config_values_equal_the_constructor_defaults(config, cls):
+    spec = OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / f"{config}.yaml"))
+    defaults = _signature_defaults(cls)
+    compared = 0
+    for key, value in spec.items():
+        if key.startswith("_") or key in ("generator", "discriminator") or str(value).startswith("${"):
+            continue
+        assert key in defaults, f"{config}.yaml: {key} is not a constructor argument"
+        assert _plain(defaults[key]) == value, (
+            f"{config}.yaml: {key}={value!r}, code default {defaults[key]!r}"
+        )
+        compared += 1
+    assert compared > 20
+    for key, net in (("generator", ResnetGenerator), ("discriminator", PatchDiscriminator)):
+        net_defaults = _signature_defaults(net)
+        if config == "cyclegan":  # the paper's networks: every value the class default
+            assert {k: v for k, v in spec[key].items() if k != "arch"} == {
+                k: net_defaults[k] for k in spec[key] if k != "arch"
+            }
+    for flag in ("antialias", "spectral_norm"):
+        assert spec["discriminator"][flag] is False or config == "cut"
