@@ -116,7 +116,7 @@ def test_real_and_fake_get_the_same_policy_with_their_own_draws():
 def test_training_step_augments_every_discriminator_input(cyclegan_dir, tmp_path):
     """With cutout, every image any discriminator scores (reals, pooled fakes, the generators' fakes) has a
     zeroed 16x16 square; without a policy none has."""
-    from conftest import quiet_trainer
+    from helpers import quiet_trainer
     from stylegan_transfer.training.cyclegan import CycleGANModule
     from stylegan_transfer.training.data import UnpairedDataModule
 

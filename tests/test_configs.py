@@ -104,6 +104,15 @@ def test_demo_data_ships_with_its_attribution():
 ALLOWED_DIFFERENCES = {
     # CycleGAN trains every network with instance norm; UnetGenerator's own default is pix2pix's batch norm.
     ("model/generator/unet.yaml", "norm"),
+    # CUT/FastCUT spell out the CUT code's anti-aliased networks in full; the module's None means the paper's.
+    ("model/cut.yaml", "generator"),
+    ("model/cut.yaml", "discriminator"),
+    # FastCUT is CUT with the paper's other settings: lambda_nce 10, no identity NCE, flip-equivariance.
+    ("model/fastcut.yaml", "lambda_nce"),
+    ("model/fastcut.yaml", "nce_idt"),
+    ("model/fastcut.yaml", "flip_equivariance"),
+    ("model/fastcut.yaml", "epochs_constant"),  # FastCUT's schedule is the CUT code's 150 + 50 epochs
+    ("model/fastcut.yaml", "epochs_decay"),
 }
 NETWORK_GROUPS = {"model/generator": GENERATORS, "model/discriminator": DISCRIMINATORS}
 HYDRA_KEYS = {"_target_", "_convert_", "_recursive_", "_partial_", "_args_"}
@@ -176,7 +185,10 @@ def test_yaml_values_equal_the_signature_defaults(name):
 def test_the_allow_list_names_real_differences():
     for name, key in ALLOWED_DIFFERENCES:
         raw = OmegaConf.to_container(OmegaConf.load(CONFIGS / name), resolve=False)
-        target = NETWORK_GROUPS[str(Path(name).parent)][raw["arch"]]
+        group = str(Path(name).parent)
+        target = (
+            NETWORK_GROUPS[group][raw["arch"]] if group in NETWORK_GROUPS else get_object(raw["_target_"])
+        )
         assert raw[key] != _parameters(target)[0][key].default, f"{name}: {key} no longer differs"
 
 
@@ -259,14 +271,19 @@ def test_style_files_say_which_images_only():
 
 # `python train.py` as it trained before the sizes moved out of style/demo.yaml (composed on main, f8722ba).
 DEMO_MODEL = {
-    "generator": {"arch": "resnet", "channels": 32, "n_blocks": 6, "norm": "instance", "upsample": "transpose", "dropout": False},
-    "discriminator": {"arch": "patch", "channels": 32, "n_layers": 3, "norm": "instance"},
+    "generator": {"arch": "resnet", "channels": 32, "n_blocks": 6, "norm": "instance", "upsample": "transpose", "dropout": False,
+                  "antialias": False},
+    "discriminator": {"arch": "patch", "channels": 32, "n_layers": 3, "norm": "instance", "antialias": False,
+                      "spectral_norm": False},
     "init_type": "normal", "init_gain": 0.02, "gan_mode": "lsgan", "lambda_cycle": 10.0, "lambda_identity": 0.5,
     "lambda_gp": 10.0, "lambda_content": 0.0, "lambda_style": 0.0, "lambda_tv": 0.0,
     "content_layers": ["relu4_2"], "style_layers": ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
     "vgg_weights": None, "lr": 0.0002, "beta1": 0.5, "beta2": 0.999, "epochs_constant": 12, "epochs_decay": 12,
     "pool_size": 50, "seed": 0, "batch_size": 1, "lr_scaling": "none", "channels_last": False, "compile": False,
     "fused_adam": None,
+    # the options added since (issue 13), all off: the demo trains as it did
+    "diffaugment": "", "ema_decay": 0.0, "lambda_cycle_perceptual": 0.0, "lambda_identity_perceptual": 0.0,
+    "lambda_r1": 0.0,
 }  # fmt: skip
 DEMO_DATA = {
     "preprocess": "resize_and_crop", "load_size": 72, "crop_size": 64, "flip": True, "batch_size": 1,

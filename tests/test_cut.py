@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from conftest import REPO, TINY, quiet_trainer, run_train_py, write_images
+from helpers import REPO, TINY, quiet_trainer, run_train_py, write_images
 from stylegan_transfer.inference.checkpoint import read_checkpoint
 from stylegan_transfer.inference.export import export_checkpoint
 from stylegan_transfer.inference.export import main as export_main
