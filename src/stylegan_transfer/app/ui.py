@@ -1,0 +1,456 @@
+"""The Gradio page: a Translate tab (trained generators) and a Stylise tab (the Gatys optimisation).
+
+Only this module imports Gradio. `build_app` returns the Blocks; `stylegan_transfer.app.cli` serves it.
+Gradio keeps its uploads and outputs in `<workdir>/gradio` (GRADIO_TEMP_DIR, set here before any component
+exists); our results go to `<workdir>/results/<job>`. The caller owns `workdir` and removes it.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from stylegan_transfer.app.core import (
+    DEFAULT_MAX_PIXELS,
+    TILE,
+    TILE_ABOVE,
+    AppInputError,
+    GeneratorCache,
+    LazyVGG,
+    StyleKnobs,
+    VGGLoader,
+    find_generators,
+    output_names,
+    parse_weights,
+    preview,
+    read_upload,
+    stylise_steps,
+    sweep_old,
+    translate_image,
+    zip_files,
+)
+from stylegan_transfer.devices import pick_device
+from stylegan_transfer.images import IMAGE_EXTENSIONS, save_image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+import gradio as gr  # after the analytics switch
+
+MODEL = "model"  # the one concurrency group of everything that runs a network: one job at a time
+RESULT_AGE_S = 3600.0  # finished jobs' files are removed after an hour
+FILE_TYPES = sorted(IMAGE_EXTENSIONS)
+# System fonts only: the page loads nothing from the internet.
+THEME = gr.themes.Soft(
+    font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
+    font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"],
+)
+CSS = ".result-status p { margin: 0.2em 0; }"
+
+
+def _error(err: Exception) -> gr.Error:
+    """Our one-sentence message, escaped (Gradio renders error text as HTML; file names are user data)."""
+    return gr.Error(html.escape(str(err)), duration=30, print_exception=False)
+
+
+def _path(item) -> Path:
+    """A Gradio file value (a path string or an object with .name / .path) as a Path."""
+    if isinstance(item, str | Path):
+        return Path(item)
+    return Path(getattr(item, "path", None) or item.name)
+
+
+class StyleganApp:
+    """The handlers behind the page, with their state (generator cache, VGG, folders)."""
+
+    def __init__(
+        self,
+        *,
+        models_dir: Path | None,
+        workdir: Path,
+        device: str = "auto",
+        precision: str | None = None,
+        vgg_loader: VGGLoader,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        tile_above: int = TILE_ABOVE,
+        tile: int = TILE,
+    ) -> None:
+        self.models_dir = models_dir
+        self.results = workdir / "results"
+        self.device = pick_device(device)
+        self.precision = precision or {"cpu": "fp32", "mps": "fp16"}.get(self.device.type, "bf16")
+        self.max_pixels, self.tile_above, self.tile = max_pixels, tile_above, tile
+        self.generators = GeneratorCache(self.device)
+        self.vgg = LazyVGG(vgg_loader)
+        self.stop_event = threading.Event()
+        self.entries: dict[str, Path] = {}
+        self.problems: list[str] = []
+        self.rescan()
+
+    # ------------------------------------------------------------------ shared
+    def rescan(self) -> list[str]:
+        entries, self.problems = find_generators(self.models_dir)
+        self.entries = {e.label: e.path for e in entries}
+        return list(self.entries)
+
+    def job_folder(self) -> Path:
+        sweep_old(self.results, max_age_s=RESULT_AGE_S)
+        folder = self.results / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        return folder
+
+    def generator_info(self) -> str:
+        if self.models_dir is None:
+            return "Start the app with --models FOLDER to offer your .safetensors generator exports here."
+        text = f"Generator exports found in `{self.models_dir}`: {len(self.entries)}."
+        if self.problems:
+            text += f" Skipped {len(self.problems)} unusable file(s) (see the terminal)."
+        return text
+
+    # ------------------------------------------------------------------ translate
+    def show_inputs(self, files) -> list:
+        """Upload preview; refuses unusable files at once."""
+        if not files:
+            return []
+        shown = []
+        for item in files:
+            path = _path(item)
+            try:
+                shown.append((preview(read_upload(path, max_pixels=self.max_pixels), 512), path.name))
+            except AppInputError as err:
+                raise _error(err) from None
+        return shown
+
+    def translate(self, label: str | None, files, progress=None):
+        """-> (input previews, results, download files, status)."""
+        if not self.entries:
+            raise _error(AppInputError(self.generator_info()))
+        if not label or label not in self.entries:
+            raise _error(AppInputError("choose a generator first."))
+        if not files:
+            raise _error(AppInputError("upload one or more images first."))
+        paths = [_path(item) for item in files]
+        try:
+            generator = self.generators.get(self.entries[label])
+        except AppInputError as err:
+            raise _error(err) from None
+        folder = self.job_folder()
+        names = output_names([p.name for p in paths], "_translated")
+        shown, results, written, problems, tiled = [], [], [], [], []
+        start = time.perf_counter()
+        for index, (path, name) in enumerate(zip(paths, names, strict=True)):
+            if progress is not None:
+                progress((index, len(paths)), desc=f"translating {path.name}", unit="images")
+            try:
+                image = read_upload(path, max_pixels=self.max_pixels)
+                result, was_tiled = translate_image(
+                    generator,
+                    image,
+                    device=self.device,
+                    precision=self.precision,
+                    tile_above=self.tile_above,
+                    tile=self.tile,
+                )
+            except AppInputError as err:
+                problems.append(str(err))
+                continue
+            except (RuntimeError, ValueError) as err:  # out of memory, odd sizes ...
+                problems.append(f"{path.name} could not be translated ({err}).")
+                continue
+            out = save_image(result, folder / name)
+            shown.append((preview(image, 512), path.name))
+            results.append((str(out), f"{name} ({result.width}×{result.height})"))
+            written.append(out)
+            if was_tiled:
+                tiled.append(path.name)
+        seconds = time.perf_counter() - start
+        if not written:
+            raise _error(AppInputError(" ".join(problems)))
+        for problem in problems:
+            gr.Warning(html.escape(problem), duration=30)
+        downloads = [str(p) for p in written]
+        if len(written) > 1:
+            downloads.append(str(zip_files(written, folder / "translated.zip")))
+        lines = [
+            f"**Translated {len(written)} image{'s' * (len(written) != 1)} in {seconds:.2f} s** "
+            f"on {self.device.type} with {html.escape(label)}."
+        ]
+        if tiled:
+            lines.append(
+                f"In {self.tile}-pixel tiles (long side above {self.tile_above}): {', '.join(tiled)}."
+            )
+        if problems:
+            lines.append("Skipped: " + " ".join(html.escape(p) for p in problems))
+        return shown, results, downloads, "\n\n".join(lines)
+
+    # ------------------------------------------------------------------ stylise
+    def show_content(self, file):
+        if not file:
+            return None
+        try:
+            return preview(read_upload(_path(file), max_pixels=self.max_pixels))
+        except AppInputError as err:
+            raise _error(err) from None
+
+    def show_styles(self, files) -> list:
+        return self.show_inputs(files)
+
+    def stylise(
+        self,
+        content_file,
+        style_files,
+        weights_text: str,
+        size: float,
+        iterations: float,
+        style_weight: float,
+        preserve_color: str,
+        style_loss: str,
+        seed: float,
+        progress=None,
+    ):
+        """A generator of (result, download, status): intermediate pictures, then the final one."""
+        from stylegan_transfer.perceptual import VGGWeightsError
+
+        if not content_file:
+            raise _error(AppInputError("upload a content photo first."))
+        if not style_files:
+            raise _error(AppInputError("upload at least one style image."))
+        try:
+            content = read_upload(_path(content_file), max_pixels=self.max_pixels)
+            styles = [read_upload(_path(f), max_pixels=self.max_pixels) for f in style_files]
+            weights = parse_weights(weights_text, len(styles))
+            knobs = StyleKnobs(
+                size=int(size),
+                iterations=int(iterations),
+                style_weight=float(style_weight if style_weight is not None else 5.0),
+                preserve_color=preserve_color or "none",
+                style_loss=style_loss or "gram",
+                seed=int(seed or 0),
+            )
+            features = self.vgg()
+        except AppInputError as err:
+            raise _error(err) from None
+        except VGGWeightsError as err:
+            raise _error(AppInputError(f"{err} (start the app with --vgg-weights FILE)")) from None
+        self.stop_event = cancel = threading.Event()
+        start = time.perf_counter()
+        steps = stylise_steps(
+            content,
+            styles,
+            features,
+            knobs,
+            style_weights=weights,
+            device=self.device,
+            cancel=cancel,
+        )
+        finished = False
+        try:
+            for step in steps:
+                if progress is not None:
+                    progress((step.done, step.total), desc="stylising", unit="iterations")
+                loss = f"loss {step.losses['total']:.4g}" if step.losses else ""
+                if step.final:
+                    assert step.image is not None
+                    name = output_names([_path(content_file).name], "_stylised")[0]
+                    out = save_image(step.image, self.job_folder() / name)
+                    seconds = time.perf_counter() - start
+                    status = (
+                        f"**Done: {step.image.width}×{step.image.height} in {seconds:.1f} s** on "
+                        f"{self.device.type}, {step.total} iterations, {loss}."
+                    )
+                    finished = True
+                    yield str(out), str(out), status
+                elif step.image is not None:
+                    yield step.image, None, f"Iteration {step.done} of {step.total}, {loss}"
+        except AppInputError as err:
+            raise _error(err) from None
+        finally:
+            steps.close()
+        if not finished:
+            yield gr.skip(), None, "Stopped."
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def build_app(
+    *,
+    models_dir: str | Path | None,
+    workdir: str | Path,
+    device: str = "auto",
+    precision: str | None = None,
+    vgg_loader: VGGLoader | None = None,
+    vgg_weights: str | Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    tile_above: int = TILE_ABOVE,
+    tile: int = TILE,
+    queue_size: int = 16,
+) -> gr.Blocks:
+    """The page. `vgg_loader` (no arguments -> a VGG19 `features` trunk) defaults to the pretrained VGG19
+    from `vgg_weights` or the torch hub cache; tests pass a tiny random one."""
+    workdir = Path(workdir)
+    os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")  # read by every component and the server
+    if vgg_loader is None:
+        from stylegan_transfer.perceptual import load_vgg_features
+
+        def vgg_loader():
+            return load_vgg_features("vgg19", weights_path=vgg_weights)
+
+    state = StyleganApp(
+        models_dir=Path(models_dir).expanduser() if models_dir is not None else None,
+        workdir=workdir,
+        device=device,
+        precision=precision,
+        vgg_loader=vgg_loader,
+        max_pixels=max_pixels,
+        tile_above=tile_above,
+        tile=tile,
+    )
+
+    def translate(label, files, progress=gr.Progress()):  # noqa: B008  (Gradio's injection idiom)
+        return state.translate(label, files, progress)
+
+    def stylise(
+        content,
+        styles,
+        weights,
+        size,
+        iterations,
+        style_weight,
+        colour,
+        loss,
+        seed,
+        progress=gr.Progress(),  # noqa: B008
+    ):
+        yield from state.stylise(
+            content, styles, weights, size, iterations, style_weight, colour, loss, seed, progress
+        )
+
+    def refresh():
+        labels = state.rescan()
+        return gr.Dropdown(choices=labels, value=labels[0] if labels else None), state.generator_info()
+
+    labels = list(state.entries)
+    limit = f"Up to {max_pixels / 1e6:.3g} megapixels per image; larger than {tile_above} px is tiled."
+    with gr.Blocks(title="stylegan-transfer", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+        gr.Markdown(
+            "# stylegan-transfer\n"
+            "Translate photos with a trained generator, or stylise one with the classic Gatys method. "
+            f"Everything runs on this computer ({state.device.type})."
+        )
+        with gr.Tab("Translate", id="translate"):
+            with gr.Row(equal_height=True):
+                generator = gr.Dropdown(
+                    choices=labels, value=labels[0] if labels else None, label="Generator", scale=5
+                )
+                refresh_button = gr.Button("Refresh list", scale=1)
+            info = gr.Markdown(state.generator_info())
+            uploads = gr.File(
+                label=f"Images (one or many). {limit}",
+                file_count="multiple",
+                file_types=FILE_TYPES,
+                elem_id="translate-upload",
+            )
+            translate_button = gr.Button("Translate", variant="primary", elem_id="translate-button")
+            translate_status = gr.Markdown(elem_id="translate-status", elem_classes="result-status")
+            with gr.Row():
+                inputs_gallery = gr.Gallery(label="Input", columns=2, height=420, elem_id="translate-input")
+                results_gallery = gr.Gallery(
+                    label="Result", columns=2, height=420, format="png", elem_id="translate-result"
+                )
+            downloads = gr.File(label="Download (one by one, or all as a zip)", interactive=False)
+
+        with gr.Tab("Stylise", id="stylise"):
+            with gr.Row():
+                content_file = gr.File(
+                    label="Content photo", file_types=FILE_TYPES, elem_id="stylise-content", height=120
+                )
+                style_files = gr.File(
+                    label="Style images (one or more)",
+                    file_count="multiple",
+                    file_types=FILE_TYPES,
+                    elem_id="stylise-styles",
+                    height=120,
+                )
+            with gr.Row():
+                size = gr.Slider(64, 2048, value=512, step=16, label="Size (long side of the result, px)")
+                iterations = gr.Slider(
+                    1, 1000, value=300, step=1, label="Iterations", elem_id="stylise-iterations"
+                )
+                style_weight = gr.Number(5.0, label="Style weight", minimum=0)
+            with gr.Row():
+                weights = gr.Textbox(
+                    label="Style blend weights",
+                    placeholder="empty: equal; or one number per style image, e.g. 2, 1",
+                )
+                colour = gr.Radio(["none", "luminance", "histogram"], value="none", label="Preserve colour")
+                loss = gr.Radio([("Gram", "gram"), ("MMD", "mmd")], value="gram", label="Style loss")
+                seed = gr.Number(0, label="Seed", precision=0)
+            with gr.Row():
+                stylise_button = gr.Button("Stylise", variant="primary", elem_id="stylise-button")
+                stop_button = gr.Button("Stop", variant="stop")
+            stylise_status = gr.Markdown(elem_id="stylise-status", elem_classes="result-status")
+            with gr.Row():
+                content_shown = gr.Image(label="Content", interactive=False, height=420)
+                styles_shown = gr.Gallery(label="Styles", columns=2, height=420)
+                result = gr.Image(
+                    label="Result", interactive=False, height=420, format="png", elem_id="stylise-result"
+                )
+            stylised_download = gr.File(label="Download", interactive=False)
+
+        refresh_button.click(refresh, None, [generator, info], api_visibility="private")
+        uploads.change(state.show_inputs, uploads, inputs_gallery, api_visibility="private")
+        translate_button.click(
+            translate,
+            [generator, uploads],
+            [inputs_gallery, results_gallery, downloads, translate_status],
+            api_name="translate",
+            concurrency_id=MODEL,
+            concurrency_limit=1,
+        )
+        content_file.change(state.show_content, content_file, content_shown, api_visibility="private")
+        style_files.change(state.show_styles, style_files, styles_shown, api_visibility="private")
+        run = stylise_button.click(
+            stylise,
+            [content_file, style_files, weights, size, iterations, style_weight, colour, loss, seed],
+            [result, stylised_download, stylise_status],
+            api_name="stylise",
+            concurrency_id=MODEL,
+            concurrency_limit=1,
+        )
+        stop_button.click(state.stop, None, None, cancels=[run], api_visibility="private", queue=False)
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    demo.stylegan_state = state  # for the CLI's start-up message and for tests
+    return demo
+
+
+def launch(
+    demo: gr.Blocks,
+    *,
+    host: str,
+    port: int,
+    workdir: Path,
+    max_file_size: str | int,
+    block: bool = True,
+    quiet: bool = False,
+) -> None:
+    """Serve on `host:port` with no share link, no SSR server and nothing fetched from the internet."""
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        max_file_size=max_file_size,
+        allowed_paths=[str(workdir)],
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        show_error=False,
+        inbrowser=False,
+        footer_links=["api", "settings"],
+        theme=THEME,
+        css=CSS,
+    )
