@@ -23,6 +23,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import numpy as np
@@ -275,7 +276,7 @@ def test_importing_the_package_without_the_app_never_imports_gradio():
 # ----------------------------------------------------------------------------- the served app
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The app on a free loopback port, in this process: (url, workdir, input folder)."""
+    """The app on a free loopback port, in this process: .url, .workdir, .demo."""
     need("gradio")
     root = tmp_path_factory.mktemp("app")
     save_tiny_generator(root / "models" / "g_ab.safetensors")
@@ -297,7 +298,7 @@ def served(tmp_path_factory):
         demo, host="127.0.0.1", port=port, workdir=workdir, max_file_size=1_000_000, block=False, quiet=True
     )
     try:
-        yield f"http://127.0.0.1:{port}", workdir, root
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", workdir=workdir, demo=demo)
     finally:
         demo.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -337,7 +338,7 @@ def page(browser, served):
     context.route("**/*", guard)
     page = context.new_page()
     page.set_default_timeout(60_000)
-    page.goto(served[0])
+    page.goto(served.url)
     page.get_by_role("button", name="Translate", exact=True).wait_for()
     yield page
     context.close()
@@ -447,6 +448,69 @@ def test_bad_uploads_show_a_message_and_the_app_keeps_serving(page, served, tmp_
     assert fetch_image(page, "#translate-result img").size == (40, 24)
 
 
+@pytest.mark.slow
+def test_jobs_from_both_tabs_queue_for_the_model_one_at_a_time(served, monkeypatch, tmp_path):
+    """Three users press Translate, Translate and Stylise together: every job finishes, never two at once."""
+    client_module = need("gradio_client")
+    state = served.demo.stylegan_state
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def enter():
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.4)  # long enough for the others to arrive
+
+    def leave():
+        with lock:
+            running[0] -= 1
+
+    translate, stylise = state.translate, state.stylise
+
+    def counted_translate(*args, **kwargs):
+        enter()
+        try:
+            return translate(*args, **kwargs)
+        finally:
+            leave()
+
+    def counted_stylise(*args, **kwargs):
+        enter()
+        try:
+            yield from stylise(*args, **kwargs)
+        finally:
+            leave()
+
+    monkeypatch.setattr(state, "translate", counted_translate)
+    monkeypatch.setattr(state, "stylise", counted_stylise)
+    content, style = tmp_path / "content.png", tmp_path / "style.png"
+    photo(40, 32, seed=8).save(content)
+    photo(32, 32, seed=9).save(style)
+    client = client_module.Client(served.url + "/", download_files=str(tmp_path / "downloads"), verbose=False)
+    label = next(iter(state.entries))
+    image = client_module.handle_file(str(content))
+    jobs = [
+        client.submit(label, [image], api_name="/translate"),
+        client.submit(label, [image], api_name="/translate"),
+        client.submit(
+            image,
+            [client_module.handle_file(str(style))],
+            "",
+            64,
+            2,
+            5.0,
+            "none",
+            "gram",
+            0,
+            api_name="/stylise",
+        ),
+    ]
+    results = [job.result(timeout=120) for job in jobs]
+    assert "Translated 1 image" in results[0][3] and "Translated 1 image" in results[1][3]
+    assert "Done: 40×32" in results[2][2]
+    assert peak[0] == 1
+
+
 # ----------------------------------------------------------------------------- the CLI, served for real
 @pytest.mark.slow
 def test_cli_serves_the_api_on_loopback_and_removes_its_temporary_folder(tmp_path):
@@ -456,9 +520,23 @@ def test_cli_serves_the_api_on_loopback_and_removes_its_temporary_folder(tmp_pat
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(SRC), "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
-    env.pop("GRADIO_TEMP_DIR", None)
-    env.pop("GRADIO_SERVER_NAME", None)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC),
+        "TMPDIR": str(scratch),
+        "HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+    }
+    for inherited in (
+        "GRADIO_TEMP_DIR",
+        "GRADIO_SERVER_NAME",
+        "MPLCONFIGDIR",
+        "XDG_CACHE_HOME",
+        "XDG_CONFIG_HOME",
+    ):
+        env.pop(inherited, None)
     command = [sys.executable, "-m", "stylegan_transfer.app.cli", "--models", str(models)]
     process = subprocess.Popen(
         [*command, "--port", str(port), "--device", "cpu"],
@@ -522,7 +600,8 @@ def test_cli_serves_the_api_on_loopback_and_removes_its_temporary_folder(tmp_pat
                 process.kill()
     reader.join(timeout=5)
     assert process.returncode == 0, "".join(lines)
-    assert not list(scratch.glob("stylegan-app-*")), "the temporary folder outlived the app"
+    assert not list(scratch.iterdir()), "the temporary folder outlived the app, or something else was left"
+    assert not list(home.iterdir()), f"the app wrote into the home folder: {list(home.rglob('*'))}"
 
 
 def _own_addresses() -> list[str]:

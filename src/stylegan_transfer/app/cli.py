@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from stylegan_transfer.app.core import DEFAULT_MAX_PIXELS, MIN_SIDE, TILE, TILE_ABOVE
+from stylegan_transfer.app.limits import DEFAULT_MAX_PIXELS, MIN_SIDE, TILE, TILE_ABOVE
 
 LOOPBACK = "127.0.0.1"
 
@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Gradio imports matplotlib around every request; its font cache would otherwise go to ~/.cache
+    os.environ.setdefault("MPLCONFIGDIR", str(workdir / "matplotlib"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` cleans up like Ctrl+C
     demo = None
     try:

@@ -20,17 +20,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from stylegan_transfer.app.limits import DEFAULT_MAX_PIXELS, MIN_SIDE, TILE, TILE_ABOVE
 from stylegan_transfer.atomic import atomic_path
-from stylegan_transfer.images import MAX_PIXELS, load_rgb, to_image, to_tensor
+from stylegan_transfer.images import load_rgb, to_image, to_tensor
 from stylegan_transfer.inference.generator_file import ExportError, read_metadata
 from stylegan_transfer.inference.tiling import TileOptions
 from stylegan_transfer.inference.translate import load, translate_tensor
 from stylegan_transfer.nst.stylize import StyleSettings, StylizeError, stylize
-
-MIN_SIDE = 16  # smaller images are refused (a 1×1 photo has nothing to translate)
-DEFAULT_MAX_PIXELS = 50_000_000  # 50 megapixels: an 8K photo fits, a decompression bomb does not
-TILE_ABOVE = 2048  # images with a longer side than this are translated in tiles ...
-TILE = 1024  # ... of this size
 
 
 class AppInputError(ValueError):
@@ -82,7 +78,7 @@ def read_upload(
             f"{name} is only {width}×{height} pixels; give a picture at least {min_side} pixels on each side."
         )
     try:
-        return load_rgb(path, max_pixels=max(max_pixels, MAX_PIXELS))
+        return load_rgb(path, max_pixels=max_pixels)
     except Exception as err:  # truncated data, unsupported compression ...
         raise AppInputError(
             f"{name} could not be decoded ({err}); the file may be damaged or cut short."

@@ -15,9 +15,6 @@ import uuid
 from pathlib import Path
 
 from stylegan_transfer.app.core import (
-    DEFAULT_MAX_PIXELS,
-    TILE,
-    TILE_ABOVE,
     AppInputError,
     GeneratorCache,
     LazyVGG,
@@ -33,6 +30,7 @@ from stylegan_transfer.app.core import (
     translate_image,
     zip_files,
 )
+from stylegan_transfer.app.limits import DEFAULT_MAX_PIXELS, TILE, TILE_ABOVE
 from stylegan_transfer.devices import pick_device
 from stylegan_transfer.images import IMAGE_EXTENSIONS, save_image
 
