@@ -147,7 +147,7 @@ def test_read_upload_accepts_a_photo_and_refuses_bad_files_with_one_readable_sen
         assert "\n" not in message and "Traceback" not in message
 
 
-def test_weights_names_zip_and_generator_discovery(tmp_path):
+def test_weights_names_zip_and_generator_discovery(tmp_path, monkeypatch):
     assert parse_weights("", 2) is None
     assert parse_weights(" 2, 1 ", 2) == [2.0, 1.0]
     for bad in ("2", "a, b", "-1, 2", "0, 0"):
@@ -164,13 +164,23 @@ def test_weights_names_zip_and_generator_discovery(tmp_path):
         assert sorted(z.namelist()) == ["one.png", "two.png"]
         assert z.read("two.png") == files[1].read_bytes()
 
-    models = tmp_path / "models"
+    models, cache = tmp_path / "models", tmp_path / "cache"
+    monkeypatch.setenv("STYLEGAN_TRANSFER_CACHE", str(cache))
     save_tiny_generator(models / "horse2zebra" / "g_ab.safetensors")
     (models / "broken.safetensors").write_bytes(b"not safetensors")
+    save_tiny_generator(
+        cache / "pretrained" / "style_vangogh.safetensors"
+    )  # as `stylegan-download` leaves it
+    (cache / "pretrained" / "style_monet.safetensors").write_bytes(b"half a download")
     entries, problems = find_generators(models)
-    assert [e.path.name for e in entries] == ["g_ab.safetensors"]
+    assert [(e.path.name, e.pretrained) for e in entries] == [
+        ("g_ab.safetensors", False),
+        ("style_vangogh.safetensors", True),
+    ]
     assert entries[0].label.startswith("horse2zebra/g_ab.safetensors (resnet")
+    assert entries[1].label == "style_vangogh (pretrained CycleGAN, photo → Van Gogh painting)"
     assert len(problems) == 1 and "broken.safetensors" in problems[0]
+    assert [e.pretrained for e in find_generators(None)[0]] == [True]
 
 
 def test_translate_image_tiles_large_images_and_keeps_every_size(tmp_path):
@@ -280,7 +290,8 @@ def served(tmp_path_factory):
     need("gradio")
     root = tmp_path_factory.mktemp("app")
     save_tiny_generator(root / "models" / "g_ab.safetensors")
-    before = os.environ.get("GRADIO_TEMP_DIR")
+    before = {name: os.environ.get(name) for name in ("GRADIO_TEMP_DIR", "STYLEGAN_TRANSFER_CACHE")}
+    os.environ["STYLEGAN_TRANSFER_CACHE"] = str(root / "cache")  # no pretrained generators from this machine
     from stylegan_transfer.app.ui import build_app, launch
 
     workdir = root / "work"
@@ -302,10 +313,11 @@ def served(tmp_path_factory):
     finally:
         demo.close()
         shutil.rmtree(workdir, ignore_errors=True)
-        if before is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -528,6 +540,7 @@ def test_cli_serves_the_api_on_loopback_and_removes_its_temporary_folder(tmp_pat
         "TMPDIR": str(scratch),
         "HOME": str(home),
         "OMP_NUM_THREADS": "1",
+        "STYLEGAN_TRANSFER_CACHE": str(tmp_path / "cache"),
     }
     for inherited in (
         "GRADIO_TEMP_DIR",

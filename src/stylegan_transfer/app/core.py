@@ -24,6 +24,7 @@ from stylegan_transfer.app.limits import DEFAULT_MAX_PIXELS, MIN_SIDE, TILE, TIL
 from stylegan_transfer.atomic import atomic_path
 from stylegan_transfer.images import load_rgb, to_image, to_tensor
 from stylegan_transfer.inference.generator_file import ExportError, read_metadata
+from stylegan_transfer.inference.pretrained import MODELS, model_path
 from stylegan_transfer.inference.tiling import TileOptions
 from stylegan_transfer.inference.translate import load, translate_tensor
 from stylegan_transfer.nst.stylize import StyleSettings, StylizeError, stylize
@@ -138,15 +139,34 @@ def sweep_old(folder: Path, *, max_age_s: float) -> None:
 class GeneratorEntry:
     label: str  # what the page shows
     path: Path
+    pretrained: bool = False  # an official CycleGAN generator from the cache
+
+
+def pretrained_generators() -> list[GeneratorEntry]:
+    """The official CycleGAN generators already converted into the cache (`stylegan-download --pretrained
+    NAME` puts them there); the app never downloads during a request."""
+    found = []
+    for name, model in MODELS.items():
+        path = model_path(name)
+        try:
+            if path.is_file():
+                read_metadata(path)
+                label = f"{name} (pretrained CycleGAN, {model.source} → {model.target})"
+                found.append(GeneratorEntry(label, path, pretrained=True))
+        except (ExportError, OSError):
+            continue
+    return found
 
 
 def find_generators(folder: str | Path | None) -> tuple[list[GeneratorEntry], list[str]]:
-    """Every usable .safetensors generator export under `folder` (recursively) and a line per unusable one."""
+    """Every usable .safetensors generator export under `folder` (recursively), then the cached pretrained
+    generators; and a line per unusable file."""
+    pretrained = pretrained_generators()
     if folder is None:
-        return [], []
+        return pretrained, []
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        return [], [f"generator folder {folder} does not exist"]
+        return pretrained, [f"generator folder {folder} does not exist"]
     found, problems = [], []
     for path in sorted(folder.rglob("*.safetensors")):
         try:
@@ -159,7 +179,7 @@ def find_generators(folder: str | Path | None) -> tuple[list[GeneratorEntry], li
             str(meta.get("direction")), str(meta.get("direction", ""))
         )
         found.append(GeneratorEntry(f"{relative} ({meta['arch']}, {direction})", path))
-    return found, problems
+    return found + pretrained, problems
 
 
 class GeneratorCache:

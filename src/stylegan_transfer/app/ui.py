@@ -33,6 +33,7 @@ from stylegan_transfer.app.core import (
 from stylegan_transfer.app.limits import DEFAULT_MAX_PIXELS, TILE, TILE_ABOVE
 from stylegan_transfer.devices import pick_device
 from stylegan_transfer.images import IMAGE_EXTENSIONS, save_image
+from stylegan_transfer.inference.pretrained import MODELS
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # after the analytics switch
@@ -91,6 +92,7 @@ class StyleganApp:
     def rescan(self) -> list[str]:
         entries, self.problems = find_generators(self.models_dir)
         self.entries = {e.label: e.path for e in entries}
+        self.pretrained_count = sum(e.pretrained for e in entries)
         return list(self.entries)
 
     def job_folder(self) -> Path:
@@ -100,11 +102,17 @@ class StyleganApp:
         return folder
 
     def generator_info(self) -> str:
+        pretrained = self.pretrained_count
         if self.models_dir is None:
-            return "Start the app with --models FOLDER to offer your .safetensors generator exports here."
-        text = f"Generator exports found in `{self.models_dir}`: {len(self.entries)}."
+            text = "Start the app with --models FOLDER to offer your .safetensors generator exports here."
+        else:
+            text = f"Generator exports found in `{self.models_dir}`: {len(self.entries) - pretrained}."
         if self.problems:
             text += f" Skipped {len(self.problems)} unusable file(s) (see the terminal)."
+        text += (
+            f" Pretrained CycleGAN generators in the cache: {pretrained} of {len(MODELS)}"
+            " (add one with `stylegan-download --pretrained NAME`, then press Refresh list)."
+        )
         return text
 
     # ------------------------------------------------------------------ translate
