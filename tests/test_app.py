@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -418,6 +419,8 @@ def test_stylise_in_a_real_browser(page, served, tmp_path):
     page.get_by_role("tab", name="Stylise").click()
     page.locator("#stylise-content input[type=file]").set_input_files(str(content))
     page.locator("#stylise-styles input[type=file]").set_input_files(str(style))
+    page.locator("#stylise-content-preview img").first.wait_for()  # both uploads arrived
+    page.locator("#stylise-styles-preview img").first.wait_for()
     iterations = page.locator("#stylise-iterations input[type=number]")
     iterations.fill("40" if SCREENSHOTS else "2")  # the picture needs more than the test
     iterations.press("Enter")
@@ -428,6 +431,31 @@ def test_stylise_in_a_real_browser(page, served, tmp_path):
     assert np.abs(pixels(result) - pixels(original)).mean() > 0.5
     assert ("40" if SCREENSHOTS else "2 iterations") in page.locator("#stylise-status").inner_text()
     screenshot(page, "app_stylize.png")
+
+
+@pytest.mark.slow
+def test_stylise_shows_progress_and_intermediate_pictures_and_stops(page, served, tmp_path):
+    content, style = tmp_path / "content.png", tmp_path / "style.png"
+    photo(96, 64, seed=10).save(content)
+    photo(64, 64, seed=11).save(style)
+    page.get_by_role("tab", name="Stylise").click()
+    page.locator("#stylise-content input[type=file]").set_input_files(str(content))
+    page.locator("#stylise-styles input[type=file]").set_input_files(str(style))
+    page.locator("#stylise-content-preview img").first.wait_for()
+    page.locator("#stylise-styles-preview img").first.wait_for()
+    iterations = page.locator("#stylise-iterations input[type=number]")
+    iterations.fill("1000")
+    iterations.press("Enter")
+    page.locator("#stylise-button").click()
+    status = page.locator("#stylise-status")
+    status.get_by_text(re.compile(r"\d+/1000 iterations")).wait_for()  # Gradio's progress bar
+    status.get_by_text(re.compile(r"^Iteration \d+ of 1000, loss")).wait_for()  # with an intermediate picture
+    intermediate = fetch_image(page, "#stylise-result img")
+    assert intermediate.size == (96, 64)
+    page.get_by_role("button", name="Stop").click()
+    status.get_by_text("Stopped").wait_for()
+    assert not served.demo.stylegan_state.jobs  # the job ended, its worker thread joined
+    assert "Done" not in status.inner_text()
 
 
 @pytest.mark.slow

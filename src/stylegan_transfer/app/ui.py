@@ -83,7 +83,7 @@ class StyleganApp:
         self.max_pixels, self.tile_above, self.tile = max_pixels, tile_above, tile
         self.generators = GeneratorCache(self.device)
         self.vgg = LazyVGG(vgg_loader)
-        self.stop_event = threading.Event()
+        self.jobs: dict[str, threading.Event] = {}  # running stylisations by job id (one per page session)
         self.entries: dict[str, Path] = {}
         self.problems: list[str] = []
         self.rescan()
@@ -215,8 +215,10 @@ class StyleganApp:
         style_loss: str,
         seed: float,
         progress=None,
+        job: str | None = None,
     ):
-        """A generator of (result, download, status): intermediate pictures, then the final one."""
+        """A generator of (result, download, status): intermediate pictures, then the final one.
+        `stop(job)` ends it at the next iteration."""
         from stylegan_transfer.perceptual import VGGWeightsError
 
         if not content_file:
@@ -240,7 +242,9 @@ class StyleganApp:
             raise _error(err) from None
         except VGGWeightsError as err:
             raise _error(AppInputError(f"{err} (start the app with --vgg-weights FILE)")) from None
-        self.stop_event = cancel = threading.Event()
+        cancel = threading.Event()
+        job = job or uuid.uuid4().hex
+        self.jobs[job] = cancel
         start = time.perf_counter()
         steps = stylise_steps(
             content,
@@ -273,12 +277,16 @@ class StyleganApp:
         except AppInputError as err:
             raise _error(err) from None
         finally:
-            steps.close()
+            steps.close()  # stops and joins the worker
+            self.jobs.pop(job, None)
         if not finished:
-            yield gr.skip(), None, "Stopped."
+            yield gr.skip(), None, "Stopped; the picture above is where it got to."
 
-    def stop(self) -> None:
-        self.stop_event.set()
+    def stop(self, job: str | None) -> None:
+        """Stop the stylisation `job` (the page session's own, never another person's)."""
+        event = self.jobs.get(job or "")
+        if event is not None:
+            event.set()
 
 
 def build_app(
@@ -330,9 +338,12 @@ def build_app(
         seed,
         progress=gr.Progress(),  # noqa: B008
     ):
-        yield from state.stylise(
-            content, styles, weights, size, iterations, style_weight, colour, loss, seed, progress
-        )
+        job = uuid.uuid4().hex  # kept in this page's session, so that its Stop button stops this job only
+        yield gr.skip(), gr.skip(), "Starting…", job
+        for outputs in state.stylise(
+            content, styles, weights, size, iterations, style_weight, colour, loss, seed, progress, job
+        ):
+            yield (*outputs, job)
 
     def refresh():
         labels = state.rescan()
@@ -399,12 +410,17 @@ def build_app(
                 stop_button = gr.Button("Stop", variant="stop")
             stylise_status = gr.Markdown(elem_id="stylise-status", elem_classes="result-status")
             with gr.Row():
-                content_shown = gr.Image(label="Content", interactive=False, height=420)
-                styles_shown = gr.Gallery(label="Styles", columns=2, height=420)
+                content_shown = gr.Image(
+                    label="Content", interactive=False, height=420, elem_id="stylise-content-preview"
+                )
+                styles_shown = gr.Gallery(
+                    label="Styles", columns=2, height=420, elem_id="stylise-styles-preview"
+                )
                 result = gr.Image(
                     label="Result", interactive=False, height=420, format="png", elem_id="stylise-result"
                 )
             stylised_download = gr.File(label="Download", interactive=False)
+            stylise_job = gr.State(None)
 
         refresh_button.click(refresh, None, [generator, info], api_visibility="private")
         uploads.change(state.show_inputs, uploads, inputs_gallery, api_visibility="private")
@@ -418,15 +434,15 @@ def build_app(
         )
         content_file.change(state.show_content, content_file, content_shown, api_visibility="private")
         style_files.change(state.show_styles, style_files, styles_shown, api_visibility="private")
-        run = stylise_button.click(
+        stylise_button.click(
             stylise,
             [content_file, style_files, weights, size, iterations, style_weight, colour, loss, seed],
-            [result, stylised_download, stylise_status],
+            [result, stylised_download, stylise_status, stylise_job],
             api_name="stylise",
             concurrency_id=MODEL,
             concurrency_limit=1,
         )
-        stop_button.click(state.stop, None, None, cancels=[run], api_visibility="private", queue=False)
+        stop_button.click(state.stop, stylise_job, None, api_visibility="private", queue=False)
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     demo.stylegan_state = state  # for the CLI's start-up message and for tests
     return demo
