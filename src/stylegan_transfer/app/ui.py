@@ -185,7 +185,8 @@ class StyleganApp:
         ]
         if tiled:
             lines.append(
-                f"In {self.tile}-pixel tiles (long side above {self.tile_above}): {', '.join(tiled)}."
+                f"In {self.tile}-pixel tiles (long side above {self.tile_above}): "
+                f"{html.escape(', '.join(tiled))}."
             )
         if problems:
             lines.append("Skipped: " + " ".join(html.escape(p) for p in problems))
