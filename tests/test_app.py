@@ -266,6 +266,17 @@ def test_cli_refuses_an_inherited_public_address_before_starting():
     assert "only when --host says so" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_cli_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    from stylegan_transfer.app import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gradio" else real(name))
+    assert cli.main([]) == 2
+    assert "pip install 'stylegan-transfer[app]'" in capsys.readouterr().err
+
+
 def test_importing_the_package_without_the_app_never_imports_gradio():
     code = (
         "import sys\n"
