@@ -36,6 +36,7 @@ from stylegan_transfer.app.cli import HostError, build_parser, resolve_host
 from stylegan_transfer.app.core import (
     AppInputError,
     StyleKnobs,
+    check_video,
     find_generators,
     output_names,
     parse_weights,
@@ -103,6 +104,31 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     return path
+
+
+def write_clip(path: Path, count: int = 8, width: int = 48, height: int = 32) -> Path:
+    """A short H.264 clip (PyAV) of a square moving over a colour ramp."""
+    av = need("av")
+    ys, xs = np.mgrid[0:height, 0:width]
+    background = np.stack([60 + 120 * xs / width, 70 + 100 * ys / height, 120 + 0 * xs], axis=-1)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(count):
+            array = background.copy()
+            array[8:18, 3 * i : 3 * i + 10] = (230, 40, 40)
+            frame = av.VideoFrame.from_ndarray(array.clip(0, 255).astype(np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def read_clip(path: Path) -> list[np.ndarray]:
+    av = need("av")
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24").astype(np.float32) for frame in container.decode(video=0)]
 
 
 def free_port() -> int:
@@ -238,6 +264,20 @@ def test_stylise_steps_turns_bad_settings_into_messages():
         list(stylise_steps(content, [style], tiny_vgg(), StyleKnobs(iterations=1), style_weights=[1, 1]))
     with pytest.raises(AppInputError, match="at least one style"):
         list(stylise_steps(content, [], tiny_vgg(), StyleKnobs(iterations=1)))
+
+
+def test_check_video_accepts_a_clip_and_refuses_what_is_not_one(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4")
+    info = check_video(clip)
+    assert (info.width, info.height) == (48, 32)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    (tmp_path / "photo.png").write_bytes(b"")
+    for name, phrase in (("notes.mp4", "cannot be used as a video"), ("photo.png", "is not a video")):
+        with pytest.raises(AppInputError) as info:
+            check_video(tmp_path / name)
+        assert str(info.value).startswith(name) and phrase in str(info.value), str(info.value)
+    with pytest.raises(AppInputError, match="at most"):
+        check_video(clip, max_pixels=1000)
 
 
 # ----------------------------------------------------------------------------- the CLI's host rule
@@ -442,6 +482,27 @@ def test_stylise_in_a_real_browser(page, served, tmp_path):
     assert np.abs(pixels(result) - pixels(original)).mean() > 0.5
     assert ("40" if SCREENSHOTS else "2 iterations") in page.locator("#stylise-status").inner_text()
     screenshot(page, "app_stylize.png")
+
+
+@pytest.mark.slow
+def test_translate_a_video_in_a_real_browser(page, served, tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4")
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-upload input[type=file]").set_input_files(str(clip))
+    page.locator("#video-button").click()
+    page.get_by_text("Translated the video in").wait_for()
+    link = page.locator("#video-download a").first
+    link.wait_for()
+    response = page.request.get(link.get_attribute("href"))
+    assert response.ok
+    result = tmp_path / "result.mp4"
+    result.write_bytes(response.body())
+    frames, original = read_clip(result), read_clip(clip)
+    assert len(frames) == len(original) == 8
+    assert frames[0].shape == original[0].shape == (32, 48, 3)
+    assert np.abs(frames[3] - original[3]).mean() > 5.0  # translated, not copied
+    assert "8 frames, 48×32" in page.locator("#video-status").inner_text()
+    screenshot(page, "app_video.png")
 
 
 @pytest.mark.slow

@@ -27,6 +27,14 @@ from stylegan_transfer.inference.generator_file import ExportError, read_metadat
 from stylegan_transfer.inference.pretrained import MODELS, model_path
 from stylegan_transfer.inference.tiling import TileOptions
 from stylegan_transfer.inference.translate import load, translate_tensor
+from stylegan_transfer.inference.video import (
+    VideoError,
+    VideoInfo,
+    VideoReport,
+    is_video,
+    probe_video,
+    translate_video,
+)
 from stylegan_transfer.nst.stylize import StyleSettings, StylizeError, stylize
 
 
@@ -223,6 +231,75 @@ def translate_image(
     options = TileOptions(tile=tile) if tiled else None
     y = translate_tensor(generator, x, tile=options, device=device, precision=precision)
     return to_image(y), tiled
+
+
+# ----------------------------------------------------------------------------- video
+def video_available() -> bool:
+    """Whether PyAV (the `[video]` extra) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("av") is not None
+
+
+def check_video(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+) -> VideoInfo:
+    """An uploaded video's description, or `AppInputError` saying in one sentence why it cannot be used."""
+    path = Path(path)
+    name = path.name
+    if not is_video(path):
+        raise AppInputError(
+            f"{name} is not a video this app reads; upload an MP4, MOV, MKV, WebM or GIF file."
+        )
+    try:
+        info = probe_video(path)
+    except VideoError as err:
+        reason = str(err).removeprefix(f"{path}: ")
+        raise AppInputError(f"{name} cannot be used as a video ({reason}).") from err
+    if info.width * info.height > max_pixels:
+        raise AppInputError(
+            f"{name} has {info.width}×{info.height} frames ({megapixels(info.width * info.height)}); this app "
+            f"accepts at most {megapixels(max_pixels)} per frame. Start the app with a larger --max-pixels."
+        )
+    if min(info.width, info.height) < min_side:
+        raise AppInputError(
+            f"{name} is only {info.width}×{info.height} pixels; give a video at least {min_side} pixels on each side."
+        )
+    return info
+
+
+def translate_video_file(
+    generator: nn.Module,
+    source: Path,
+    output: Path,
+    *,
+    size: int | None = None,
+    audio: bool = True,
+    device: torch.device,
+    precision: str = "fp32",
+    tile_above: int = TILE_ABOVE,
+    tile: int = TILE,
+    progress: bool = False,
+) -> VideoReport:
+    """`inference.video.translate_video` with the app's tiling rule; `VideoError` becomes `AppInputError`."""
+    info = probe_video(source)
+    long_side = size or max(info.width, info.height)
+    try:
+        return translate_video(
+            generator,
+            source,
+            output,
+            size=size,
+            audio=audio,
+            tile=TileOptions(tile=tile) if long_side > tile_above else None,
+            device=device,
+            precision=precision,
+            progress=progress,
+        )
+    except VideoError as err:
+        raise AppInputError(
+            str(err).replace(f"{source.parent}/", "").replace(f"{output.parent}/", "")
+        ) from err
 
 
 # ----------------------------------------------------------------------------- stylisation

@@ -1,4 +1,4 @@
-"""The Gradio page: a Translate tab (trained generators) and a Stylise tab (the Gatys optimisation).
+"""The Gradio page: Translate (trained generators on images), Video, and Stylise (the Gatys optimisation).
 
 Only this module imports Gradio. `build_app` returns the Blocks; `stylegan_transfer.app.cli` serves it.
 Gradio keeps its uploads and outputs in `<workdir>/gradio` (GRADIO_TEMP_DIR, set here before any component
@@ -20,6 +20,7 @@ from stylegan_transfer.app.core import (
     LazyVGG,
     StyleKnobs,
     VGGLoader,
+    check_video,
     find_generators,
     output_names,
     parse_weights,
@@ -28,12 +29,16 @@ from stylegan_transfer.app.core import (
     stylise_steps,
     sweep_old,
     translate_image,
+    translate_video_file,
+    video_available,
     zip_files,
 )
-from stylegan_transfer.app.limits import DEFAULT_MAX_PIXELS, TILE, TILE_ABOVE
+from stylegan_transfer.app.limits import DEFAULT_MAX_PIXELS, MIN_SIDE, TILE, TILE_ABOVE
 from stylegan_transfer.devices import pick_device
 from stylegan_transfer.images import IMAGE_EXTENSIONS, save_image
 from stylegan_transfer.inference.pretrained import MODELS
+from stylegan_transfer.inference.video import INSTALL_HINT as VIDEO_INSTALL_HINT
+from stylegan_transfer.inference.video import VIDEO_EXTENSIONS
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # after the analytics switch
@@ -192,6 +197,70 @@ class StyleganApp:
             lines.append("Skipped: " + " ".join(html.escape(p) for p in problems))
         return shown, results, downloads, "\n\n".join(lines)
 
+    # ------------------------------------------------------------------ video
+    def show_video(self, file):
+        """Upload check; the uploaded video is shown as it is."""
+        if not file:
+            return None
+        if not video_available():
+            raise _error(AppInputError(f"video needs PyAV, which is not installed: {VIDEO_INSTALL_HINT}"))
+        try:
+            check_video(_path(file), max_pixels=self.max_pixels)
+        except AppInputError as err:
+            raise _error(err) from None
+        return str(_path(file))
+
+    def translate_video(self, label: str | None, file, size: float | None, fmt: str, audio: bool):
+        """-> (result video, download file, status)."""
+        if not video_available():
+            raise _error(AppInputError(f"video needs PyAV, which is not installed: {VIDEO_INSTALL_HINT}"))
+        if not self.entries:
+            raise _error(AppInputError(self.generator_info()))
+        if not label or label not in self.entries:
+            raise _error(AppInputError("choose a generator first."))
+        if not file:
+            raise _error(AppInputError("upload a video first."))
+        source = _path(file)
+        try:
+            check_video(source, max_pixels=self.max_pixels)
+            generator = self.generators.get(self.entries[label])
+            long_side = int(size or 0)
+            if 0 < long_side < MIN_SIDE:
+                raise AppInputError(f"the long side must be 0 (keep) or at least {MIN_SIDE} pixels.")
+            output = self.job_folder() / output_names([source.name], "_translated")[0]
+            output = output.with_suffix(f".{fmt if fmt in ('mp4', 'webm') else 'mp4'}")
+            start = time.perf_counter()
+            report = translate_video_file(
+                generator,
+                source,
+                output,
+                size=long_side or None,
+                audio=bool(audio),
+                device=self.device,
+                precision=self.precision,
+                tile_above=self.tile_above,
+                tile=self.tile,
+                progress=True,  # a tqdm bar, which the page's progress bar follows
+            )
+        except AppInputError as err:
+            raise _error(err) from None
+        except RuntimeError as err:  # out of memory ...
+            raise _error(AppInputError(f"{source.name} could not be translated ({err}).")) from None
+        seconds = time.perf_counter() - start
+        width, height = report.size
+        status = (
+            f"**Translated the video in {seconds:.1f} s** on {self.device.type}: {report.frames} frames, "
+            f"{width}×{height}, {'sound: ' + ', '.join(report.audio) if report.audio else 'no sound'}"
+        )
+        if report.flicker is not None:
+            status += f", flicker ratio {report.flicker:.2f} (1.0 = no flicker added)"
+        status += "."
+        if report.damaged:
+            warning = f"{source.name} is damaged part-way ({report.damaged}); the result holds the frames before it."
+            gr.Warning(html.escape(warning), duration=30)
+            status += " " + html.escape(warning)
+        return str(output), str(output), status
+
     # ------------------------------------------------------------------ stylise
     def show_content(self, file):
         if not file:
@@ -346,16 +415,25 @@ def build_app(
         ):
             yield (*outputs, job)
 
+    def translate_video(label, file, size, fmt, audio, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        return state.translate_video(label, file, size, fmt, audio)
+
     def refresh():
         labels = state.rescan()
-        return gr.Dropdown(choices=labels, value=labels[0] if labels else None), state.generator_info()
+        value = labels[0] if labels else None
+        return (
+            gr.Dropdown(choices=labels, value=value),
+            state.generator_info(),
+            gr.Dropdown(choices=labels, value=value),
+        )
 
     labels = list(state.entries)
     limit = f"Up to {max_pixels / 1e6:.3g} megapixels per image; larger than {tile_above} px is tiled."
     with gr.Blocks(title="stylegan-transfer", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
         gr.Markdown(
             "# stylegan-transfer\n"
-            "Translate photos with a trained generator, or stylise one with the classic Gatys method. "
+            "Translate photos and videos with a trained generator, or stylise a photo with the classic Gatys "
+            "method. "
             f"Everything runs on this computer ({state.device.type})."
         )
         with gr.Tab("Translate", id="translate"):
@@ -379,6 +457,32 @@ def build_app(
                     label="Result", columns=2, height=420, format="png", elem_id="translate-result"
                 )
             downloads = gr.File(label="Download (one by one, or all as a zip)", interactive=False)
+
+        with gr.Tab("Video", id="video"):
+            if not video_available():
+                gr.Markdown(f"Video needs PyAV, which is not installed: `{VIDEO_INSTALL_HINT}`.")
+            video_generator = gr.Dropdown(
+                choices=labels, value=labels[0] if labels else None, label="Generator"
+            )
+            gr.Markdown(
+                "The sound is kept, and colours stay steady from frame to frame: the normalisation statistics "
+                "are measured once over the clip and held for every frame."
+            )
+            video_file = gr.File(
+                label="Video (MP4, MOV, MKV, WebM or GIF)",
+                file_types=sorted(VIDEO_EXTENSIONS),
+                elem_id="video-upload",
+            )
+            with gr.Row():
+                video_size = gr.Number(0, label="Long side of the result in pixels (0: keep)", precision=0)
+                video_format = gr.Radio(["mp4", "webm"], value="mp4", label="Result format")
+                video_audio = gr.Checkbox(True, label="Keep the sound")
+            video_button = gr.Button("Translate video", variant="primary", elem_id="video-button")
+            video_status = gr.Markdown(elem_id="video-status", elem_classes="result-status")
+            with gr.Row():
+                video_input = gr.Video(label="Input", interactive=False, height=360)
+                video_result = gr.Video(label="Result", interactive=False, height=360, elem_id="video-result")
+            video_download = gr.File(label="Download", interactive=False, elem_id="video-download")
 
         with gr.Tab("Stylise", id="stylise"):
             with gr.Row():
@@ -423,13 +527,22 @@ def build_app(
             stylised_download = gr.File(label="Download", interactive=False)
             stylise_job = gr.State(None)
 
-        refresh_button.click(refresh, None, [generator, info], api_visibility="private")
+        refresh_button.click(refresh, None, [generator, info, video_generator], api_visibility="private")
         uploads.change(state.show_inputs, uploads, inputs_gallery, api_visibility="private")
         translate_button.click(
             translate,
             [generator, uploads],
             [inputs_gallery, results_gallery, downloads, translate_status],
             api_name="translate",
+            concurrency_id=MODEL,
+            concurrency_limit=1,
+        )
+        video_file.change(state.show_video, video_file, video_input, api_visibility="private")
+        video_button.click(
+            translate_video,
+            [video_generator, video_file, video_size, video_format, video_audio],
+            [video_result, video_download, video_status],
+            api_name="translate_video",
             concurrency_id=MODEL,
             concurrency_limit=1,
         )
