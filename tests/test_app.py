@@ -32,6 +32,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import REPO, TINY_G_KWARGS, tiny_vgg
 from stylegan_transfer.app.cli import HostError, build_parser, resolve_host
 from stylegan_transfer.app.core import (
     AppInputError,
@@ -47,9 +48,7 @@ from stylegan_transfer.app.core import (
 )
 from stylegan_transfer.inference.generator_file import load_generator, save_generator
 from stylegan_transfer.networks import build_generator, init_weights
-from stylegan_transfer.perceptual import vgg_features_module
 
-REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = os.environ.get("STYLEGAN_APP_SCREENSHOTS")  # a folder: write the README's pictures there
@@ -73,11 +72,6 @@ def need(module: str):
 
 
 # ----------------------------------------------------------------------------- fixtures made here
-def tiny_vgg() -> torch.nn.Sequential:
-    torch.manual_seed(0)
-    return vgg_features_module("vgg19", width_divisor=16)
-
-
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     """A smooth random colour field with a little texture (photo-like, compresses well)."""
     rng = np.random.default_rng(seed)
@@ -90,8 +84,8 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def save_tiny_generator(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    generator = init_weights(build_generator("resnet", channels=4, n_blocks=1))
-    return save_generator(generator, path, arch="resnet", kwargs={"channels": 4, "n_blocks": 1})
+    generator = init_weights(build_generator("resnet", **TINY_G_KWARGS))
+    return save_generator(generator, path, arch="resnet", kwargs=TINY_G_KWARGS)
 
 
 def png_header_only(path: Path, width: int, height: int) -> Path:
