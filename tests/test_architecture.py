@@ -1,13 +1,15 @@
 """The dependency rule, checked: the ground floor and the wings import only what they may.
 
-Ground floor (package root): plain torch / PIL / safetensors. Wings: `inference`, `metrics`, `nst` and
-`training` import the ground floor; besides, `training` may use `metrics` and `inference`, and `metrics` may
-use `inference`. Only `training` may import Lightning, Hydra, OmegaConf or wandb.
+Ground floor (package root): plain torch / PIL / safetensors. Wings: `app`, `inference`, `metrics`, `nst` and
+`training` import the ground floor; besides, `training` may use `metrics` and `inference`, `metrics` may
+use `inference`, and `app` may use `inference`, `nst` and `metrics`. Only `training` may import Lightning,
+Hydra, OmegaConf or wandb, and only `app` may import Gradio (from the optional `[app]` extra).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,9 +18,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "stylegan_transfer"
-WINGS = ("inference", "metrics", "nst", "training")
-MAY_USE = {"inference": set(), "metrics": {"inference"}, "nst": set(), "training": {"inference", "metrics"}}
+WINGS = ("app", "inference", "metrics", "nst", "training")
+MAY_USE = {
+    "app": {"inference", "nst", "metrics"},
+    "inference": set(),
+    "metrics": {"inference"},
+    "nst": set(),
+    "training": {"inference", "metrics"},
+}
 TRAINING_STACK = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "wandb")
+WEB_STACK = ("gradio", "gradio_client")
 
 
 def _module_name(path: Path) -> str:
@@ -49,14 +58,21 @@ def _wing(module: str) -> str | None:
     return parts[1] if len(parts) >= 2 and parts[1] in WINGS else None
 
 
-NON_TRAINING = [m for m in _modules(None) + _modules("inference") + _modules("metrics") + _modules("nst")]
+NON_TRAINING = [
+    m
+    for m in _modules(None) + _modules("inference") + _modules("metrics") + _modules("nst") + _modules("app")
+]
+GRADIO_MODULES = {"stylegan_transfer.app.ui"}  # the one module that imports Gradio (needs the [app] extra)
 
 
 @pytest.mark.parametrize("module", NON_TRAINING)
 def test_module_imports_without_the_training_stack(module):
+    if module in GRADIO_MODULES and importlib.util.find_spec("gradio") is None and not os.environ.get("CI"):
+        pytest.skip("the [app] extra (Gradio) is not installed")
+    forbidden = TRAINING_STACK if module in GRADIO_MODULES else TRAINING_STACK + WEB_STACK
     code = (
         f"import sys, {module}\n"
-        f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({TRAINING_STACK!r}))\n"
+        f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({forbidden!r}))\n"
         "assert not bad, bad\n"
     )
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
@@ -72,6 +88,8 @@ def test_imports_follow_the_dependency_rule(path):
     for name in _imports(path):
         if name.split(".")[0] in TRAINING_STACK:
             assert here == "training", f"{_module_name(path)} imports {name}: only training/ may"
+        if name.split(".")[0] in WEB_STACK:
+            assert here == "app", f"{_module_name(path)} imports {name}: only app/ may"
         if not name.startswith("stylegan_transfer."):
             continue
         target = _wing(name)
