@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+_TMP_PID = re.compile(r"^\..*\.tmp-(\d+)")  # `.<stem>.tmp-<pid>...`: our temporary names, see temporary_name
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
@@ -44,3 +48,37 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (a process we may not signal counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (and folders) this package left in `folder` when a process was killed:
+    names `.<stem>.tmp-<pid>...` whose process no longer runs. Nothing else is touched. Returns them."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TMP_PID.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

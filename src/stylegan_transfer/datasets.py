@@ -11,8 +11,14 @@ The archives are the ones the official CycleGAN download script fetches
 
 Steps, each safe to interrupt and re-run: download to `<data_dir>/<name>.zip.part` (an interrupted
 transfer resumes with an HTTP Range request) → rename to `<name>.zip` once complete → integrity check
-(size announced by the server, sha256 where known, zip CRC test, CycleGAN layout) → extract into a
-temporary folder → rename it to `<data_dir>/<name>`. A dataset already in place is left alone.
+(size announced by the server, sha256 where known, size bounds, compression ratio, zip CRC test, CycleGAN
+layout) → free disk space check → extract into a temporary folder → rename it to `<data_dir>/<name>`.
+
+Safety: a dataset already in place is left alone; a target folder that exists and is not empty is never
+written into or deleted (the download is refused before it starts, naming the folder); only files this
+tool created (the .part file, a downloaded archive, its temporary folders) are ever removed. The archive
+host serves plain HTTP without checksums, so every archive is bounded: at most `DatasetInfo.max_mib` to
+download and to extract, at most `MAX_RATIO` times larger extracted than compressed (zip bombs).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from stylegan_transfer.atomic import sweep_stale
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
@@ -41,6 +49,11 @@ BASE_URL_ENV = "STYLEGAN_DATASETS_URL"
 DATA_DIR_ENV = "STYLEGAN_DATA_DIR"
 CHUNK = 1 << 20
 SPLITS = ("trainA", "trainB", "testA", "testB")
+MIB = 1 << 20
+# Zip bombs: refuse an archive whose content is more than this many times its compressed size (overall, or
+# for any member above 1 MiB). The datasets are JPEGs, which do not compress: their ratio is about 1.
+MAX_RATIO = 20
+DISK_MARGIN = 256 * MIB  # free space to leave on the disk after extracting
 
 
 @dataclass(frozen=True)
@@ -50,21 +63,33 @@ class DatasetInfo:
     domain_a: str  # what trainA holds
     domain_b: str  # what trainB holds
     sha256: str | None = None  # verified when known; the official host publishes no checksums
+    max_mib: int = (
+        1024  # upper bound (MiB) on the archive and on its extracted content (the real ones: < 0.5 GiB)
+    )
+
+    @property
+    def max_bytes(self) -> int:
+        return self.max_mib * MIB
 
 
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
-        DatasetInfo("vangogh2photo", "vangogh", "Van Gogh paintings", "photos"),
-        DatasetInfo("monet2photo", "monet", "Monet paintings", "photos"),
-        DatasetInfo("cezanne2photo", "cezanne", "Cézanne paintings", "photos"),
-        DatasetInfo("ukiyoe2photo", "ukiyoe", "Ukiyo-e prints", "photos"),
-        DatasetInfo("horse2zebra", "horse2zebra", "horses", "zebras"),
-        DatasetInfo("summer2winter_yosemite", "summer2winter", "Yosemite in summer", "Yosemite in winter"),
-        DatasetInfo("apple2orange", "apple2orange", "apples", "oranges"),
-        DatasetInfo("iphone2dslr_flower", "iphone2dslr", "iPhone flower photos", "DSLR flower photos"),
-        DatasetInfo("maps", "maps", "aerial photos", "maps"),
-        DatasetInfo("facades", "facades", "facade label maps", "facade photos"),
+        # max_mib: about twice the archive sizes the host lists (≈ 300 MB for the painting sets)
+        DatasetInfo("vangogh2photo", "vangogh", "Van Gogh paintings", "photos", max_mib=640),
+        DatasetInfo("monet2photo", "monet", "Monet paintings", "photos", max_mib=640),
+        DatasetInfo("cezanne2photo", "cezanne", "Cézanne paintings", "photos", max_mib=640),
+        DatasetInfo("ukiyoe2photo", "ukiyoe", "Ukiyo-e prints", "photos", max_mib=640),
+        DatasetInfo("horse2zebra", "horse2zebra", "horses", "zebras", max_mib=320),
+        DatasetInfo(
+            "summer2winter_yosemite", "summer2winter", "Yosemite in summer", "Yosemite in winter", max_mib=320
+        ),
+        DatasetInfo("apple2orange", "apple2orange", "apples", "oranges", max_mib=256),
+        DatasetInfo(
+            "iphone2dslr_flower", "iphone2dslr", "iPhone flower photos", "DSLR flower photos", max_mib=768
+        ),
+        DatasetInfo("maps", "maps", "aerial photos", "maps", max_mib=1024),
+        DatasetInfo("facades", "facades", "facade label maps", "facade photos", max_mib=128),
     )
 }
 STYLE_TO_DATASET = {info.style: info.name for info in DATASETS.values()}
@@ -109,6 +134,10 @@ class DownloadError(RuntimeError):
     """A download or archive failed; the message names the URL and how to place the data by hand."""
 
 
+class SizeLimitError(DownloadError):
+    """An archive is larger than its dataset can be (see DatasetInfo.max_mib)."""
+
+
 def resolve_name(name: str) -> str:
     """A dataset name (`vangogh2photo`) or a style name (`vangogh`) → the dataset name."""
     if name in DATASETS:
@@ -139,8 +168,33 @@ def _manual_hint(url: str, archive: Path, target: Path) -> str:
     )
 
 
-def _fetch(url: str, part: Path, *, timeout: float, progress: bool) -> int | None:
-    """Download `url` into `part`, resuming from its current size. Returns the total size if announced."""
+def check_target(target: Path, name: str) -> None:
+    """Refuse (DownloadError, one line) unless `target` is missing or an empty folder: never write into,
+    or delete, a folder holding files this tool did not put there."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise DownloadError(
+            f"{target} exists and is not a folder; move it away or choose another data folder for {name}."
+        )
+    try:
+        entries = sorted(p.name for p in target.iterdir())
+    except OSError as err:
+        raise DownloadError(f"cannot read the target folder {target} ({err.strerror or err}).") from None
+    if entries:
+        shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+        raise DownloadError(
+            f"{target} exists and holds files that are not a complete {name} dataset ({shown}); nothing was "
+            f"changed. Move them away, or download into a new or empty folder (e.g. {target / name})."
+        )
+
+
+def _fetch(
+    url: str, part: Path, *, timeout: float, progress: bool, max_bytes: int | None = None
+) -> int | None:
+    """Download `url` into `part`, resuming from its current size. Returns the total size if announced.
+
+    Stops with DownloadError when the announced or received size exceeds `max_bytes`."""
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "stylegan-transfer"})
     if offset:
@@ -162,6 +216,12 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool) -> int | Non
         else:  # a fresh transfer (or a server that ignores Range): start over
             offset, mode = 0, "wb"
             total = int(length) if length and length.isdigit() else None
+        if max_bytes is not None and total is not None and total > max_bytes:
+            raise SizeLimitError(
+                f"{url} announces {total} bytes, more than the {max_bytes // MIB} MiB this dataset can be; "
+                "refusing to download it (check the URL or mirror)."
+            )
+        _check_free_space(part.parent, (total or 0) - offset, what=f"downloading {url}")
         with (
             open(part, mode) as out,
             tqdm(
@@ -174,14 +234,27 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool) -> int | Non
                 disable=not progress,
             ) as bar,
         ):
+            received = offset
             while chunk := response.read(CHUNK):
+                received += len(chunk)
+                if max_bytes is not None and received > max_bytes:
+                    raise SizeLimitError(
+                        f"{url} sent more than the {max_bytes // MIB} MiB this dataset can be; stopped "
+                        "and deleted the partial download (check the URL or mirror)."
+                    )
                 out.write(chunk)
                 bar.update(len(chunk))
     return total
 
 
 def download_file(
-    url: str, target: Path, *, timeout: float = 10.0, progress: bool = True, hint: str = ""
+    url: str,
+    target: Path,
+    *,
+    timeout: float = 10.0,
+    progress: bool = True,
+    hint: str = "",
+    max_bytes: int | None = None,
 ) -> Path:
     """Download `url` to `target` through `<target>.part` (an interrupted transfer resumes with HTTP Range),
     check the size the server announced, then rename. A `target` already in place is left alone.
@@ -195,7 +268,10 @@ def download_file(
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s → %s", url, target)
     try:
-        total = _fetch(url, part, timeout=timeout, progress=progress)
+        total = _fetch(url, part, timeout=timeout, progress=progress, max_bytes=max_bytes)
+    except SizeLimitError:
+        part.unlink(missing_ok=True)  # over the size bound: nothing worth resuming
+        raise
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", None) or err
         kept = f" ({part.stat().st_size} bytes kept in {part}; rerun to resume)" if part.exists() else ""
@@ -207,6 +283,16 @@ def download_file(
     return target
 
 
+def _check_free_space(folder: Path, needed: int, *, what: str) -> None:
+    """Refuse when the disk holding `folder` would keep less than DISK_MARGIN free after `needed` bytes."""
+    free = shutil.disk_usage(folder).free
+    if needed + DISK_MARGIN > free:
+        raise DownloadError(
+            f"not enough free disk space in {folder} for {what}: needs {needed // MIB + 1} MiB plus a margin "
+            f"of {DISK_MARGIN // MIB} MiB, {free // MIB} MiB free. Free some space or choose another folder."
+        )
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -215,8 +301,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_archive(archive: Path, *, sha256: str | None = None) -> str:
-    """Raise DownloadError unless `archive` is an intact zip holding trainA/ and trainB/.
+def _check_sizes(archive: Path, members: list[zipfile.ZipInfo], max_bytes: int | None) -> int:
+    """Bound the extracted size (total and ratio, from the headers zipfile enforces while reading)."""
+    total = sum(m.file_size for m in members)
+    if max_bytes is not None and total > max_bytes:
+        raise DownloadError(
+            f"{archive} would extract to {total / MIB:.1f} MiB, more than the {max_bytes // MIB} MiB this "
+            "dataset can be; refusing to extract it."
+        )
+    packed = max(1, archive.stat().st_size)
+    if total > MAX_RATIO * packed:
+        raise DownloadError(
+            f"{archive} would extract to {total / packed:.0f} times its size (limit {MAX_RATIO}); "
+            "refusing to extract a likely zip bomb."
+        )
+    for member in members:
+        if member.file_size > MIB and member.file_size > MAX_RATIO * max(1, member.compress_size):
+            raise DownloadError(
+                f"{archive}: member {member.filename} expands {member.file_size / max(1, member.compress_size):.0f}"
+                f" times (limit {MAX_RATIO}); refusing to extract a likely zip bomb."
+            )
+    return total
+
+
+def check_archive(archive: Path, *, sha256: str | None = None, max_bytes: int | None = None) -> str:
+    """Raise DownloadError unless `archive` is an intact zip holding trainA/ and trainB/, extracting to at
+    most `max_bytes` and at most MAX_RATIO times its size.
 
     Returns the folder prefix inside the archive under which trainA/ ... live ('' or 'name/').
     """
@@ -224,15 +334,17 @@ def check_archive(archive: Path, *, sha256: str | None = None) -> str:
         raise DownloadError(f"{archive}: sha256 does not match the expected {sha256}")
     try:
         with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            _check_sizes(archive, members, max_bytes)  # before testzip decompresses anything
             bad = zf.testzip()
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as err:
         raise DownloadError(f"{archive} is not a valid zip archive ({err})") from None
     if bad is not None:
         raise DownloadError(f"{archive} is corrupt: member {bad} fails its CRC check")
     for name in names:
         path = PurePosixPath(name)
-        if path.is_absolute() or ".." in path.parts:
+        if path.is_absolute() or ".." in path.parts or "\\" in name:
             raise DownloadError(f"{archive} holds an unsafe path {name!r}; refusing to extract it")
     for prefix in {"", *(PurePosixPath(n).parts[0] + "/" for n in names if "/" in n)}:
         if all(any(n.startswith(f"{prefix}{split}/") for n in names) for split in SPLITS[:2]):
@@ -241,22 +353,29 @@ def check_archive(archive: Path, *, sha256: str | None = None) -> str:
 
 
 def _extract(archive: Path, prefix: str, target: Path) -> None:
-    """Extract `archive` (its `prefix` folder) into a temp folder beside `target`, then rename."""
+    """Extract `archive` (its `prefix` folder) into a new temporary folder beside `target`, then rename it
+    to `target` (which must be missing or an empty folder: the rename fails on anything else)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.infolist() if m.filename.startswith(prefix)]
+    sweep_stale(target.parent)  # temporary folders of extractions that were killed
+    with zipfile.ZipFile(archive) as zf:
+        members = [m for m in zf.infolist() if m.filename.startswith(prefix)]
+        _check_free_space(target.parent, sum(m.file_size for m in members), what=f"extracting {archive.name}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+        try:
             for member in tqdm(
                 members, desc=f"extract {target.name}", unit="file", disable=len(members) < 50
             ):
                 zf.extract(member, tmp)
-        source = tmp / prefix if prefix else tmp
-        if target.exists():  # an earlier incomplete copy (no trainA/trainB): replace it
-            shutil.rmtree(target)
-        os.replace(source, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            source = tmp / prefix if prefix else tmp
+            try:
+                os.replace(source, target)  # atomic; refuses a target that is not an empty folder
+            except OSError as err:
+                raise DownloadError(
+                    f"could not move the extracted dataset to {target} ({err.strerror or err}); "
+                    "it must be missing or an empty folder."
+                ) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def download_dataset(
@@ -269,29 +388,41 @@ def download_dataset(
     keep_archive: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Make `<data_dir>/<name>` (or `target`) hold the dataset; returns that folder. Idempotent."""
+    """Make `<data_dir>/<name>` (or `target`) hold the dataset; returns that folder. Idempotent.
+
+    Refuses (DownloadError) a target folder that exists and is not empty, before downloading anything.
+    """
     info = DATASETS[resolve_name(name)]
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     target = Path(target).expanduser() if target is not None else data_dir / info.name
     if is_complete(target):
         log.info("%s already in %s", info.name, target)
         return target
+    check_target(target, info.name)
     url = url or f"{base_url()}/{info.name}.zip"
     archive = target.parent / f"{info.name}.zip"
 
-    if not archive.exists():
+    downloaded = not archive.exists()  # an archive placed by hand is the user's: never deleted
+    if downloaded:
         download_file(
-            url, archive, timeout=timeout, progress=progress, hint=_manual_hint(url, archive, target)
+            url,
+            archive,
+            timeout=timeout,
+            progress=progress,
+            hint=_manual_hint(url, archive, target),
+            max_bytes=info.max_bytes,
         )
     try:
-        prefix = check_archive(archive, sha256=info.sha256)
+        prefix = check_archive(archive, sha256=info.sha256, max_bytes=info.max_bytes)
     except DownloadError as err:
-        archive.unlink(missing_ok=True)  # a corrupt archive would otherwise be reused on every run
-        raise DownloadError(
-            f"{err}; deleted it, rerun to download again.\n{_manual_hint(url, archive, target)}"
-        ) from None
+        if downloaded:  # a corrupt archive would otherwise be reused on every run
+            archive.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{err}; deleted it, rerun to download again.\n{_manual_hint(url, archive, target)}"
+            ) from None
+        raise DownloadError(f"{err}; it was placed there by hand: replace or remove it.") from None
     _extract(archive, prefix, target)
-    if not keep_archive:
+    if downloaded and not keep_archive:
         archive.unlink(missing_ok=True)
     log.info("%s ready in %s", info.name, target)
     return target
