@@ -193,7 +193,6 @@ def test_second_node_gets_global_rank_shard_and_global_batch_lr(
         "perf=none",
         "trainer.accelerator=cpu",
         "trainer.precision=32-true",
-        "~trainer.benchmark",
         "trainer.num_nodes=2",
         "trainer.devices=1",
         "model.lr_scaling=linear",
@@ -272,7 +271,6 @@ DDP_CPU = [
     "perf=none",
     "trainer.accelerator=cpu",
     "trainer.precision=32-true",
-    "~trainer.benchmark",
     "model.lr_scaling=linear",  # the LR follows the global batch: 2 processes x 1 image
     "trainer.log_every_n_steps=1",
 ]
@@ -396,7 +394,11 @@ def test_two_nodes_by_torchrun_match_one_node_with_two_processes(tmp_path):
     result_multi = json.loads((multi / "result.json").read_text())
     result_single = json.loads((single_run / "result.json").read_text())
     assert result_multi["status"] == result_single["status"] == "ok"
-    assert result_multi["metrics"] == result_single["metrics"]
+
+    def numbers(metrics: dict) -> dict:  # wall-clock durations (val/kid_seconds) differ between any two runs
+        return {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
+
+    assert numbers(result_multi["metrics"]) == numbers(result_single["metrics"])
     # Across the ranks of one launch: synced values (validation, LR) agree; step losses are each rank's shard.
     for run in (multi, single_run):
         rank0, rank1 = final_metrics(run / "train.log"), final_metrics(run / "train.rank1.log")
@@ -436,7 +438,8 @@ def test_two_job_sweep_through_submitit_local_executor(tmp_path):
         "0_debug=tiny,logger=wandb,model.lambda_cycle=5",
         "1_debug=tiny,logger=wandb,model.lambda_cycle=10",
     ]
-    assert all(j.ok and math.isfinite(j.value) and j.metric == "val/cycle_l1" for j in jobs)
+    # the metric is val/kid where the FID Inception weights are cached (CI), else the explicit fallback
+    assert all(j.ok and math.isfinite(j.value) and j.metric in ("val/kid", "val/cycle_l1") for j in jobs)
     table = (sweep / "sweep_report.md").read_text()  # written by the launching process at the end
     assert f"| 1 | {jobs[0].number} | ok |" in table and f"| 2 | {jobs[1].number} | ok |" in table
     assert (
