@@ -236,6 +236,29 @@ def translate_test_set(task: Task, export: Path | None) -> torch.Tensor:
     return torch.cat([quantize(run_generator(generator, batch)) for batch in inputs.split(8)])
 
 
+def outputs_from_folder(task: Task, folder: Path) -> torch.Tensor:
+    """Another tool's translations of the test inputs: one image per input, found by file stem (any extension)."""
+    by_stem = {p.stem: p for p in list_images(folder)}
+    missing = [p.name for p in task.test_inputs if p.stem not in by_stem]
+    if missing:
+        raise SystemExit(
+            f"{folder}: no output for {len(missing)} test inputs (e.g. {missing[0]}); name them by stem"
+        )
+    outputs = []
+    for source in task.test_inputs:
+        image = load_rgb(by_stem[source.stem])
+        if image.size != TASK_SIZE:
+            raise SystemExit(f"{by_stem[source.stem]}: {image.size[0]}x{image.size[1]}, expected {TASK_SIZE}")
+        outputs.append(to_tensor(image))
+    return torch.stack(outputs)  # (N, 3, H, W), already 8-bit values
+
+
+def external_seconds(folder: Path) -> float:
+    """Training wall time recorded beside another tool's outputs (`timing.json`: {"seconds": ...}), else NaN."""
+    timing = folder / "timing.json"
+    return float(json.loads(timing.read_text())["seconds"]) if timing.is_file() else float("nan")
+
+
 # ----------------------------------------------------------------------------- report
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     array = np.asarray(values, dtype=np.float64)
@@ -299,6 +322,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=["paper=experiment=paper_cyclegan", "default="],
         help='NAME="train.py overrides" ... (the first is the baseline row)',
     )
+    parser.add_argument(
+        "--external",
+        nargs="+",
+        default=[],
+        metavar="NAME=DIR[,DIR...]",
+        help="rows scored from another tool's outputs: one folder per seed, an image per test input (same stem), "
+        "optionally timing.json with its training seconds (e.g. a peer code base run by hand)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument(
         "--epochs", type=int, default=20, help="the same for every row (images seen = epochs x 60)"
@@ -341,6 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows[name].append(scores)
             print(
                 f"[{name} seed {seed}] {json.dumps({k: round(v, 5) for k, v in scores.items()})}", flush=True
+            )
+            sheet_outputs.setdefault(name, outputs)
+
+    for name, folders in parse_configs(args.external).items():
+        rows[name] = []
+        for folder in map(Path, folders.split(",")):
+            outputs = outputs_from_folder(task, folder)
+            rows[name].append({**scorer.score(outputs), "seconds": external_seconds(folder)})
+            print(
+                f"[{name} {folder}] {json.dumps({k: round(v, 5) for k, v in rows[name][-1].items()})}",
+                flush=True,
             )
             sheet_outputs.setdefault(name, outputs)
 

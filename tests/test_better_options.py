@@ -22,7 +22,7 @@ from stylegan_transfer.losses import r1_penalty
 from stylegan_transfer.networks import ResnetGenerator
 from stylegan_transfer.perceptual import VGGFeatures, vgg_features_module
 from stylegan_transfer.training import callbacks as cb
-from stylegan_transfer.training.adversarial import update_ema
+from stylegan_transfer.training.adversarial import ema_decay_at, update_ema
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.run import export_generators, train
 
@@ -129,14 +129,29 @@ def test_ema_follows_each_generator_step_and_is_what_evaluation_sees():
     assert cb.evaluated_generator(plain, "g_ab") is plain.g_ab
 
 
-def test_ema_update_value_after_one_step():
+def test_ema_decay_warms_up_to_the_configured_value():
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)  # the random start is mostly forgotten at once
+    assert ema_decay_at(0.999, 90) == pytest.approx(91 / 100)
+    assert ema_decay_at(0.5, 0) == pytest.approx(0.1) and ema_decay_at(0.5, 10) == 0.5
+    assert ema_decay_at(0.999, 100_000) == 0.999
+
+
+def test_ema_update_value_after_each_step_counts_updates():
     module = tiny(ema_decay=0.75)
-    initial = copy.deepcopy(module.g_ab.state_dict())
-    fit_batches(module, fixed_batches(1))
+    assert int(module.ema_updates) == 0 and "ema_updates" in module.state_dict()  # saved with checkpoints
+    fit_batches(module, fixed_batches(2))
+    updates = int(module.ema_updates)
+    assert updates >= 1  # one per generator step
+    with torch.no_grad():
+        for p in module.g_ab.parameters():
+            p.add_(torch.randn_like(p))
+    ema_before = copy.deepcopy(module.g_ab_ema.state_dict())
+    module.step_ema((module.g_ab_ema, module.g_ab))
+    assert int(module.ema_updates) == updates + 1
+    d = ema_decay_at(0.75, updates)
+    assert d < 0.75  # still warming up
     for name, p in module.g_ab.named_parameters():
-        torch.testing.assert_close(
-            module.g_ab_ema.state_dict()[name], 0.75 * initial[name] + 0.25 * p.detach()
-        )
+        torch.testing.assert_close(module.g_ab_ema.state_dict()[name], d * ema_before[name] + (1 - d) * p)
 
 
 def test_kid_evaluation_scores_the_ema_generator(monkeypatch):

@@ -65,6 +65,12 @@ def ema_copy(net: nn.Module) -> nn.Module:
     return copy.deepcopy(net).requires_grad_(False)
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The decay of update number `updates` (0-based), warmed up as min(decay, (1 + n) / (10 + n)): the random start
+    fades within the first few dozen steps, so a short run is not an average with its own initialisation."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
     """p_ema ← decay·p_ema + (1 - decay)·p for every parameter; buffers (batch-norm statistics) copied."""
@@ -88,6 +94,19 @@ class AdversarialModule(L.LightningModule):
     @property
     def uses_ema(self) -> bool:
         return self.hparams.ema_decay > 0
+
+    def ema_copies(self, *nets: nn.Module) -> tuple[nn.Module, ...]:
+        """Frozen moving averages of `nets` and their update counter (a buffer: saved, resumed and moved with the
+        module)."""
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        return tuple(ema_copy(net) for net in nets)
+
+    def step_ema(self, *pairs: tuple[nn.Module, nn.Module]) -> None:
+        """One update of each (average, network) pair with the warmed-up decay (`ema_decay_at`)."""
+        decay = ema_decay_at(self.hparams.ema_decay, int(self.ema_updates))
+        for ema, net in pairs:
+            update_ema(ema, net, decay)
+        self.ema_updates += 1
 
     def configure_model(self) -> None:
         """Compile once, in place: `nn.Module.compile` keeps parameter names, so checkpoints and exports agree."""

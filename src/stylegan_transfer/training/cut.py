@@ -26,7 +26,7 @@ from torch import nn
 
 from stylegan_transfer import losses
 from stylegan_transfer.networks import PatchSampleMLP, build_discriminator, build_generator, init_weights
-from stylegan_transfer.training.adversarial import AdversarialModule, augmenter, ema_copy, update_ema
+from stylegan_transfer.training.adversarial import AdversarialModule, augmenter
 from stylegan_transfer.training.optim import LrScaling, batch_lr_factor
 
 # The CUT code's networks: anti-aliased ResNet generator and PatchGAN (see networks.py).
@@ -104,7 +104,7 @@ class CUTModule(AdversarialModule):
         for net in (self.g_ab, self.d_b, self.nce_head):
             init_weights(net, init_type=init_type, gain=init_gain)
         if ema_decay > 0:
-            self.g_ab_ema = ema_copy(self.g_ab)
+            (self.g_ab_ema,) = self.ema_copies(self.g_ab)
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -184,7 +184,7 @@ class CUTModule(AdversarialModule):
             self.manual_backward(loss_g)
             opt_g.step()
         if self.uses_ema:
-            update_ema(self.g_ab_ema, self.g_ab, hp.ema_decay)
+            self.step_ema((self.g_ab_ema, self.g_ab))
 
         logs |= {"train/loss_g": loss_g, "train/loss_d": loss_d, "train/d_b": terms["adv"]}
         if "r1" in terms:

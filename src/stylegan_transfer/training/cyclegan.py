@@ -25,7 +25,7 @@ from stylegan_transfer import losses
 from stylegan_transfer.image_pool import ImagePool
 from stylegan_transfer.networks import build_discriminator, build_generator, init_weights
 from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS, PerceptualLoss
-from stylegan_transfer.training.adversarial import AdversarialModule, augmenter, ema_copy, update_ema
+from stylegan_transfer.training.adversarial import AdversarialModule, augmenter
 from stylegan_transfer.training.optim import LrScaling, batch_lr_factor
 
 
@@ -76,7 +76,8 @@ class CycleGANModule(AdversarialModule):
 
         diffaugment: DiffAugment policy for every discriminator input, real and fake, e.g.
             "color,translation,cutout" (see `augment.py`); "" = none.
-        ema_decay: keep g_ab_ema / g_ba_ema, p_ema ← d·p_ema + (1 - d)·p after each generator step, and use
+        ema_decay: keep g_ab_ema / g_ba_ema, p_ema ← d·p_ema + (1 - d)·p after each generator step (d warmed up:
+            `adversarial.ema_decay_at`), and use
             them for validation, sample grids, KID and export; 0 = off (e.g. 0.999).
         lambda_r1: weight γ of the R1 penalty γ/2·E||∇D(x)||² on real images.
         lambda_cycle_perceptual / lambda_identity_perceptual: weights of the normalised VGG content distance
@@ -103,7 +104,7 @@ class CycleGANModule(AdversarialModule):
         for net in (self.g_ab, self.g_ba, self.d_a, self.d_b):
             init_weights(net, init_type=init_type, gain=init_gain)
         if ema_decay > 0:  # frozen moving averages, saved in checkpoints like any submodule
-            self.g_ab_ema, self.g_ba_ema = ema_copy(self.g_ab), ema_copy(self.g_ba)
+            self.g_ab_ema, self.g_ba_ema = self.ema_copies(self.g_ab, self.g_ba)
         self.pool_a = ImagePool(pool_size, seed=seed)  # history of fake_a
         self.pool_b = ImagePool(pool_size, seed=seed + 1)  # history of fake_b
         self.perceptual = PerceptualLoss(
@@ -215,8 +216,7 @@ class CycleGANModule(AdversarialModule):
             self.manual_backward(loss_g)
             opt_g.step()
         if self.uses_ema:
-            update_ema(self.g_ab_ema, self.g_ab, hp.ema_decay)
-            update_ema(self.g_ba_ema, self.g_ba, hp.ema_decay)
+            self.step_ema((self.g_ab_ema, self.g_ab), (self.g_ba_ema, self.g_ba))
 
         with self.toggled_optimizer(opt_d):  # generators frozen
             terms_b = self.discriminator_terms(self.d_b, real_b, self.pool_b.query(fake_b))
