@@ -7,6 +7,8 @@ checkpoint at train time under `EXPORT_METADATA_KEY`; no Hydra folder is ever pa
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,22 +63,64 @@ class CheckpointGenerators:
         return str(self.metadata.get(f"domain_{which}") or which.upper())
 
 
-def read_checkpoint(path: str | Path) -> CheckpointGenerators:
-    """Read a training checkpoint's generators; every problem is an ExportError naming the file."""
+def _load_failure(path: Path, err: BaseException) -> str:
+    """One line saying why torch could not read `path` (torch's own messages span paragraphs, and some
+    advise weights_only=False, which would run the file's code)."""
+    text = str(err)
+    head = f"{path} is not a readable Lightning checkpoint"
+    tail = "use a .ckpt written by train.py (or a .safetensors export)."
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return (
+                f"{head}: it holds pickled objects that are not plain weights ({found.group(1)}), refused: "
+                f"checkpoints are only read as plain tensors and values, never unpickled; {tail}"
+            )
+        return f"{head}: its pickle data is unreadable (not a PyTorch checkpoint); {tail}"
+    if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+        return f"{head}: it is truncated or not a PyTorch checkpoint; {tail}"
+    first = text.strip().splitlines()[0][:200] if text.strip() else ""
+    return f"{head} ({type(err).__name__}: {first}); {tail}"
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """A .ckpt file's content, read with `torch.load(weights_only=True)` whatever the environment says
+    (an explicit argument wins over TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): plain tensors and values only, no
+    pickled code. Every failure is an ExportError of one line naming the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ExportError(
             f"checkpoint {path} does not exist; give a .ckpt file (e.g. <run>/checkpoints/last.ckpt)"
         )
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(2)
+    except OSError as err:
+        raise ExportError(f"cannot read checkpoint {path} ({err.strerror or err}).") from None
+    if magic not in (b"PK", b"\x80\x02"):  # torch's zip format, or its legacy pickle (protocol 2)
+        raise ExportError(
+            f"{path} is not a readable Lightning checkpoint: an empty file or not a PyTorch checkpoint; use a "
+            ".ckpt written by train.py (or a .safetensors export)."
+        )
+    try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for corrupt/foreign files
+        raise ExportError(_load_failure(path, err)) from err
+    if not isinstance(ckpt, dict):
         raise ExportError(
-            f"{path} is not a readable Lightning checkpoint ({type(err).__name__}: {err}). "
-            "Give a .ckpt written by `train.py` (or a .safetensors export)."
-        ) from err
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ExportError(f"{path} is not a Lightning checkpoint (no 'state_dict').")
+            f"{path} holds a {type(ckpt).__name__}, not a Lightning checkpoint; use a .ckpt written by train.py."
+        )
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ExportError(
+            f"{path} is not a Lightning checkpoint (no 'state_dict'); use a .ckpt written by train.py."
+        )
+    return ckpt
+
+
+def read_checkpoint(path: str | Path) -> CheckpointGenerators:
+    """Read a training checkpoint's generators; every problem is an ExportError naming the file."""
+    path = Path(path).expanduser()
+    ckpt = load_checkpoint_file(path)
     hparams = ckpt.get("hyper_parameters") or {}
     gen = hparams.get("generator") if isinstance(hparams, dict) else None
     if not isinstance(gen, dict) or not isinstance(gen.get("arch"), str):

@@ -43,13 +43,21 @@ def evaluated_generator(module: L.LightningModule, role: str) -> torch.nn.Module
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes to a temporary file beside the target, then renames: a kill mid-save keeps the old file."""
+    """Writes to a temporary file beside the target, then renames: a kill mid-save keeps the old file.
+
+    Reads with `weights_only=True` whatever the caller or the environment asks (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
+    only applies when no value is passed): a checkpoint never runs pickled code."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options=None
     ) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             torch.save(checkpoint, handle)
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
 def sample_grid(images: dict[str, torch.Tensor]) -> torch.Tensor:

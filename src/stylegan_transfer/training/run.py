@@ -39,6 +39,7 @@ from stylegan_transfer.training.callbacks import (
     RNGState,
     evaluated_generator,
 )
+from stylegan_transfer.training.resume import ResumeError, check_resume
 
 log = logging.getLogger(__name__)
 ASSETS = DEMO_ROOT.parent
@@ -48,7 +49,8 @@ class ConfigError(ValueError):
     """A configuration that composes but cannot be built; the message says which override fixes it."""
 
 
-USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError, ConfigError)  # one clear line, exit code 2
+# one clear line, exit code 2
+USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError, ConfigError, ResumeError)
 
 
 def quiet_known_warnings() -> None:
@@ -342,6 +344,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     check_networks(cfg.model)
     module = instantiate(cfg.model)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        check_resume(ckpt_path, module)  # weights-only read; one line if it is not a fitting checkpoint
 
     metadata = export_metadata(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -358,7 +363,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only: Lightning's own read cannot run pickled code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.is_global_zero and cfg.get("export", True) and not trainer.interrupted:
             exported = export_generators(module, output_dir / "export", metadata)
             if uses_wandb and logger:
