@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stylegan_transfer.inference.generator_file import ExportError
+from stylegan_transfer.inference.generator_file import ExportError, check_generator_args, nonfinite_weight
 from stylegan_transfer.networks import GENERATORS, build_generator, size_multiple
 
 # Generator roles: name -> (source domain, target domain).
@@ -45,12 +45,19 @@ class CheckpointGenerators:
         if role not in self.states:
             raise ExportError(f"{self.path} has no {role} weights; it has {sorted(self.states)}")
         try:
-            generator = build_generator(self.arch, **self.kwargs)
+            generator = build_generator(self.arch, **self.kwargs)  # arguments checked in read_checkpoint
             generator.load_state_dict(self.states[role])
-        except (TypeError, ValueError, RuntimeError) as err:
+        except Exception as err:
+            detail = " ".join(str(err).split())[:300] or type(err).__name__
             raise ExportError(
-                f"{self.path}: {role} weights do not fit {self.arch}{self.kwargs}: {err}"
-            ) from err
+                f"{self.path}: {role} weights do not fit {self.arch}{self.kwargs}: {detail}"
+            ) from None
+        bad = nonfinite_weight(self.states[role])
+        if bad is not None:
+            raise ExportError(
+                f"{self.path}: {role} weight {bad} holds NaN or infinite values (the training diverged); "
+                "use an earlier checkpoint (best.ckpt or an epoch_*.ckpt)."
+            )
         generator.export_metadata = {
             "arch": self.arch,
             "kwargs": self.kwargs,
@@ -130,11 +137,23 @@ def read_checkpoint(path: str | Path) -> CheckpointGenerators:
         )
     if gen["arch"] not in GENERATORS:
         raise ExportError(f"{path}: unknown generator arch {gen['arch']!r}; known: {sorted(GENERATORS)}")
+    kwargs = {k: v for k, v in gen.items() if k != "arch"}
+    try:
+        check_generator_args(gen["arch"], kwargs)
+    except ValueError as err:
+        raise ExportError(
+            f"{path}: generator hyper-parameters do not fit {gen['arch']}: {err}; the file is damaged or was "
+            "not written by stylegan-transfer's training."
+        ) from None
     states: dict[str, dict[str, torch.Tensor]] = {}
     ema_roles: list[str] = []
     for role in ROLES:
         for prefix in (role + EMA_SUFFIX + ".", role + "."):  # the moving average first, when kept
-            state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+            state = {
+                k[len(prefix) :]: v
+                for k, v in ckpt["state_dict"].items()
+                if isinstance(k, str) and k.startswith(prefix) and isinstance(v, torch.Tensor)
+            }
             if state:
                 states[role] = state
                 ema_roles += [role] if prefix.startswith(role + EMA_SUFFIX) else []
@@ -145,13 +164,18 @@ def read_checkpoint(path: str | Path) -> CheckpointGenerators:
     return CheckpointGenerators(
         path=path,
         arch=gen["arch"],
-        kwargs={k: v for k, v in gen.items() if k != "arch"},
+        kwargs=kwargs,
         states=states,
-        epoch=int(ckpt.get("epoch", 0)),
-        global_step=int(ckpt.get("global_step", 0)),
+        epoch=_count(ckpt.get("epoch")),
+        global_step=_count(ckpt.get("global_step")),
         metadata=dict(metadata) if isinstance(metadata, dict) else {},
         ema_roles=tuple(ema_roles),
     )
+
+
+def _count(value: Any) -> int:
+    """A checkpoint's epoch or step as an int (0 when absent or not a plain number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def generator_from_checkpoint(path: str | Path, role: str = "g_ab") -> nn.Module:

@@ -1,14 +1,17 @@
 """The generator file format: safetensors weights + JSON metadata, rebuilt through an explicit registry.
 
 Loading never unpickles or instantiates anything named by the file: the metadata's `arch` must be a
-key of `networks.GENERATORS` and its `kwargs` are passed as plain keyword arguments.
+key of `networks.GENERATORS` and its `kwargs` are passed as plain keyword arguments, each checked against
+sane bounds (`check_generator_args`, with a parameter budget) before anything is built. Weights holding
+NaN or infinite values are refused at load.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -17,17 +20,88 @@ from torch import nn
 
 from stylegan_transfer import __version__
 from stylegan_transfer.atomic import atomic_path
-from stylegan_transfer.networks import GENERATORS, PAD_MODE, build_generator, size_multiple
+from stylegan_transfer.networks import (
+    GENERATORS,
+    PAD_MODE,
+    Norm,
+    Upsample,
+    build_generator,
+    size_multiple,
+)
 
 FORMAT = "stylegan-transfer/generator"
 FORMAT_VERSION = 1
 
 
 _PLAIN = (bool, int, float, str, type(None))
+MAX_METADATA_CHARS = 1_000_000  # ours are < 2 kB
+MAX_PARAMETERS = 200_000_000  # per generator (the paper's ResNet-9: 11 M, U-Net 256: 54 M)
+MAX_SIZE_MULTIPLE = 4096
+# Bounds of every constructor argument a generator file may carry (others are refused).
+INT_BOUNDS = {"in_channels": (1, 64), "out_channels": (1, 64), "channels": (1, 1024), "n_blocks": (0, 64)}
+INT_BOUNDS_BY_ARCH = {"unet": {"num_downs": (5, 12)}}
+CHOICES = {"norm": get_args(Norm), "upsample": get_args(Upsample)}
+FLAGS = ("dropout", "antialias")
 
 
 class ExportError(RuntimeError):
     """An export file is missing, corrupt, or not a stylegan-transfer generator."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parameter_count(arch: str, kwargs: dict[str, Any]) -> int:
+    """Number of parameters of `arch` built with `kwargs`, counted on the meta device (no memory used)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_generator(arch, **kwargs).parameters())
+
+
+def check_generator_args(arch: Any, kwargs: Any) -> None:
+    """Raise ValueError (one line, no file name) unless `arch` and `kwargs` are a known generator built
+    with arguments within sane bounds and at most MAX_PARAMETERS parameters. Nothing real is built."""
+    if not isinstance(arch, str) or arch not in GENERATORS:
+        raise ValueError(f"unknown generator arch {arch!r}; known: {sorted(GENERATORS)}")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"constructor arguments must be an object, got {type(kwargs).__name__}")
+    accepted = {
+        name
+        for name, param in inspect.signature(GENERATORS[arch]).parameters.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    bounds = {**INT_BOUNDS, **INT_BOUNDS_BY_ARCH.get(arch, {})}
+    for key, value in kwargs.items():
+        if key not in accepted:
+            raise ValueError(f"{arch} takes no argument {key!r} (it takes {', '.join(sorted(accepted))})")
+        if key in bounds:
+            low, high = bounds[key]
+            if not _is_int(value) or not low <= value <= high:
+                raise ValueError(f"{key} must be an integer from {low} to {high}, got {value!r}")
+        elif key in CHOICES:
+            if value not in CHOICES[key] or not isinstance(value, str):
+                raise ValueError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        elif key in FLAGS:
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false, got {value!r}")
+        else:
+            raise ValueError(f"{arch} argument {key!r} is not one a generator file may set")
+    try:
+        count = parameter_count(arch, kwargs)
+    except Exception as err:  # any constructor failure, reported without a traceback
+        raise ValueError(f"{arch}{kwargs} cannot be built: {type(err).__name__}: {err}") from None
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"{arch}{kwargs} would have {count:,} parameters, more than the {MAX_PARAMETERS:,} allowed"
+        )
+
+
+def nonfinite_weight(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinity, or None."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
 
 
 def save_generator(
@@ -81,15 +155,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ExportError(
             f"{path} is a safetensors file but not a stylegan-transfer generator export (no metadata)."
         )
+    if len(raw) > MAX_METADATA_CHARS:
+        raise ExportError(
+            f"{path} has {len(raw):,} characters of metadata, more than an export holds; refused."
+        )
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise ExportError(f"{path} has corrupt metadata: {err}") from err
+    except (ValueError, RecursionError) as err:  # RecursionError: absurdly nested JSON
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ExportError(f"{path} has corrupt metadata: {reason}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ExportError(f"{path} has format {found!r}, expected {FORMAT!r}")
     version = meta.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not _is_int(version) or version > FORMAT_VERSION:
         raise ExportError(
             f"{path} uses export format version {version!r}, newer than this package reads "
             f"({FORMAT_VERSION}); upgrade stylegan-transfer."
@@ -99,6 +178,22 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     bad = {k: v for k, v in meta["kwargs"].items() if not isinstance(v, _PLAIN)}
     if bad:
         raise ExportError(f"{path}: constructor arguments must be plain values, got {bad!r}")
+    if meta["arch"] not in GENERATORS:
+        raise ExportError(f"{path}: unknown generator arch {meta['arch']!r}; known: {sorted(GENERATORS)}")
+    try:
+        check_generator_args(meta["arch"], meta["kwargs"])
+    except ValueError as err:
+        raise ExportError(
+            f"{path}: constructor arguments do not fit {meta['arch']}: {err}; the file is damaged or was not "
+            "written by stylegan-export."
+        ) from None
+    multiple = meta.get("size_multiple", 4)
+    needed = size_multiple(meta["arch"], meta["kwargs"])
+    if not _is_int(multiple) or not 1 <= multiple <= MAX_SIZE_MULTIPLE or multiple % needed:
+        raise ExportError(
+            f"{path}: size_multiple must be a multiple of {needed} up to {MAX_SIZE_MULTIPLE}, got {multiple!r}; "
+            "the file is damaged or was not written by stylegan-export."
+        )
     return meta
 
 
@@ -107,26 +202,33 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> n
 
     `path` may also name a pretrained model (`"style_vangogh"`, see `inference.pretrained`): it is
     downloaded and converted into the cache on first use. A file of that name takes precedence.
+    Every problem (bounds, building, weights that do not fit, NaN or infinite weights) is an ExportError
+    of one line naming the file.
     """
     if not Path(path).exists():
         from stylegan_transfer.inference import pretrained  # it imports this module: resolve names lazily
 
         if pretrained.is_pretrained_name(str(path)):
             path = pretrained.download_pretrained(str(path))
-    meta = read_metadata(path)
-    if meta["arch"] not in GENERATORS:
-        raise ExportError(f"{path}: unknown generator arch {meta['arch']!r}; known: {sorted(GENERATORS)}")
+    meta = read_metadata(path)  # arch and arguments checked: building cannot exhaust memory
     try:
         generator = build_generator(meta["arch"], **meta["kwargs"])
-    except (TypeError, ValueError) as err:
-        raise ExportError(f"{path}: constructor arguments do not fit {meta['arch']}: {err}") from err
+    except Exception as err:
+        raise ExportError(f"{path}: constructor arguments do not fit {meta['arch']}: {err}") from None
     try:
         state = load_file(str(path), device="cpu")
         generator.load_state_dict(state)
-    except (SafetensorError, RuntimeError, OSError, ValueError) as err:
+    except Exception as err:  # safetensors, torch and the OS raise many types for damaged files
+        detail = " ".join(str(err).split())[:300] or type(err).__name__
         raise ExportError(
-            f"{path}: weights do not match the recorded architecture or are corrupt: {err}"
-        ) from err
+            f"{path}: weights do not match the recorded architecture or are corrupt: {detail}"
+        ) from None
+    bad = nonfinite_weight(state)
+    if bad is not None:
+        raise ExportError(
+            f"{path}: weight {bad} holds NaN or infinite values (the training diverged); "
+            "export an earlier checkpoint (best.ckpt or an epoch_*.ckpt)."
+        )
     generator.export_metadata = meta
     return generator.to(device).eval()
 

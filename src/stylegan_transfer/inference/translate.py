@@ -30,6 +30,10 @@ from stylegan_transfer.networks import PaddedGenerator
 
 
 # ----------------------------------------------------------------------------- public API
+class NonFiniteOutputError(RuntimeError):
+    """The generator's output holds NaN or infinity: nothing is written."""
+
+
 @torch.no_grad()
 def translate_tensor(
     generator: nn.Module,
@@ -48,10 +52,21 @@ def translate_tensor(
     _, _, height, width = x.shape
     if options is None or max(height, width) <= options.tile:
         with autocast(device, dtype):
-            return PaddedGenerator(generator, generator_multiple(generator))(x.to(device)).float().cpu()
-    return torch.cat(
-        [translate_tiled(generator, x[i : i + 1], options, device, dtype, progress) for i in range(len(x))]
-    )
+            y = PaddedGenerator(generator, generator_multiple(generator))(x.to(device)).float().cpu()
+    else:
+        y = torch.cat(
+            [
+                translate_tiled(generator, x[i : i + 1], options, device, dtype, progress)
+                for i in range(len(x))
+            ]
+        )
+    if not bool(torch.isfinite(y).all()):  # would be saved as black or garbage pixels
+        raise NonFiniteOutputError(
+            "the generator produced NaN or infinite values"
+            + (f" at precision {precision} (try --precision fp32)" if precision != "fp32" else "")
+            + "; its weights may be damaged (the training diverged?)"
+        )
+    return y
 
 
 def translate(

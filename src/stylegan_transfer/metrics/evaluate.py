@@ -220,6 +220,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
     args.device = str(pick_device(args.device))
     url_kwargs = {"url": None} if args.offline else {}
     started = time.perf_counter()
+    generator = role = None
+    if args.command != "folders":  # a bad generator file fails before any weights are fetched
+        if args.generator is not None:
+            generator = load_generator(args.generator)
+            role = args.role or generator.export_metadata.get("role", "g_ab")
+        else:
+            role = args.role or "g_ab"
+            generator = generator_from_checkpoint(args.checkpoint, role)
     inception = load_inception_features(args.inception_weights, **url_kwargs).to(args.device)
     meta: dict[str, Any] = {
         "protocol": "FID Inception 2048-d pool, bilinear 299², [-1, 1]; KID unbiased cubic"
@@ -238,12 +246,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any] | None:
         meta |= {"real": str(args.real), "fake": str(args.fake)}
     else:
         if args.generator is not None:
-            generator = load_generator(args.generator)
-            role = args.role or generator.export_metadata.get("role", "g_ab")
             meta["generator"] = str(args.generator)
         else:
-            role = args.role or "g_ab"
-            generator = generator_from_checkpoint(args.checkpoint, role)
             meta["checkpoint"] = str(args.checkpoint)
         if args.input_dir is not None or args.target_dir is not None:
             if args.input_dir is None or args.target_dir is None:
