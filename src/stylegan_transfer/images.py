@@ -132,10 +132,11 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 def to_image(tensor: torch.Tensor) -> Image.Image:
     """(3, H, W) or (1, 3, H, W) in [-1, 1] -> PIL RGB."""
-    tensor = tensor.detach().float()
+    tensor = tensor.detach()
     if tensor.dim() == 4:
         tensor = tensor.squeeze(0)
-    array = ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    scaled = tensor.float().clamp(-1, 1)  # a new tensor: the in-place steps below keep memory at one copy
+    array = scaled.add_(1).mul_(127.5).round_().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array, mode="RGB")
 
 

@@ -122,6 +122,35 @@ class TileOptions:
     stats_size: int = 1024  # longest side of the copy the statistics are computed on
 
 
+# ----------------------------------------------------------------------------- automatic tiling
+CPU_UNTILED_BUDGET = 1 << 30  # bytes of activations an untiled pass may take on the CPU (or MPS)
+GPU_FREE_FRACTION = 0.5  # ... and on a GPU, this fraction of its free memory
+
+
+def bytes_per_pixel(generator: nn.Module) -> int:
+    """Rough peak bytes per input pixel of an untiled float32 pass: measured ≈ 13 per channel of the
+    full-resolution layers + 60 (see docs/benchmarks.md), rounded up to 16 per channel + 64."""
+    first = next((m for m in generator.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first.out_channels if first is not None else 64
+    return 16 * channels + 64
+
+
+def auto_tile_options(generator: nn.Module, shape: Sequence[int], device: torch.device) -> TileOptions | None:
+    """TileOptions() (the documented `--tile 512` path) when an untiled pass over a batch of `shape`
+    (B, C, H, W) would need more memory than the budget of `device`, else None."""
+    batch, _, height, width = shape
+    defaults = TileOptions()
+    if max(height, width) <= defaults.tile:
+        return None
+    need = batch * height * width * bytes_per_pixel(generator)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        budget = int(free * GPU_FREE_FRACTION)
+    else:
+        budget = CPU_UNTILED_BUDGET
+    return defaults if need > budget else None
+
+
 @torch.no_grad()
 def translate_tiled(
     generator: nn.Module,

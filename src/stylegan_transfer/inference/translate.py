@@ -4,7 +4,9 @@
     stylegan-translate --model style_vangogh photo.jpg --output out/     # a pretrained CycleGAN model
 
 Every image keeps its size and aspect (padded to the generator's size multiple, cropped back). Large
-images can be translated in overlapping tiles (`tile=`) with consistent normalisation (see `tiling`).
+images are translated in overlapping tiles with consistent normalisation (see `tiling`): automatically
+(as `tile=512`) when an untiled pass would need more than 1 GiB on the CPU or half the free GPU memory,
+or at the size given with `tile=`; `tile=0` never tiles.
 Videos (mp4, mov, mkv, webm, gif) go to `video.translate_video`: streamed, without flicker, audio kept.
 """
 
@@ -25,7 +27,13 @@ from stylegan_transfer.images import IMAGE_EXTENSIONS, load_rgb, save_image, to_
 from stylegan_transfer.inference import video
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.generator_file import ExportError, generator_multiple, load_generator
-from stylegan_transfer.inference.tiling import PRECISIONS, TileOptions, autocast, translate_tiled
+from stylegan_transfer.inference.tiling import (
+    PRECISIONS,
+    TileOptions,
+    auto_tile_options,
+    autocast,
+    translate_tiled,
+)
 from stylegan_transfer.networks import PaddedGenerator
 
 
@@ -44,11 +52,14 @@ def translate_tensor(
     precision: str = "fp32",
     progress: bool = False,
 ) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1] on the CPU, any H and W."""
+    """(B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1] on the CPU, any H and W.
+
+    `tile`: None tiles automatically when an untiled pass would not fit in memory (see
+    `tiling.auto_tile_options`), 0 never tiles, N or TileOptions tile at that size."""
     device = pick_device() if device is None else torch.device(device)
     dtype = PRECISIONS[precision]
     generator = generator.to(device).eval()
-    options = TileOptions(tile=tile) if isinstance(tile, int) else tile
+    options = resolve_tile(generator, x.shape, device, tile)
     _, _, height, width = x.shape
     if options is None or max(height, width) <= options.tile:
         with autocast(device, dtype):
@@ -69,6 +80,17 @@ def translate_tensor(
     return y
 
 
+def resolve_tile(
+    generator: nn.Module, shape: Sequence[int], device: torch.device, tile: int | TileOptions | None
+) -> TileOptions | None:
+    """The tiling a pass over a batch of `shape` will use (None: untiled)."""
+    if tile is None:
+        return auto_tile_options(generator, shape, device)
+    if isinstance(tile, int):
+        return TileOptions(tile=tile) if tile > 0 else None
+    return tile
+
+
 def translate(
     generator: nn.Module,
     image: Image.Image,
@@ -77,7 +99,8 @@ def translate(
     device: str | torch.device | None = None,
     precision: str = "fp32",
 ) -> Image.Image:
-    """Translate one PIL image; the result has the same size. `tile=512` bounds memory for huge images."""
+    """Translate one PIL image; the result has the same size. Huge images are tiled automatically
+    (`tile=None`); `tile=N` tiles at N pixels, `tile=0` never tiles."""
     x = to_tensor(image).unsqueeze(0)  # (1, 3, H, W)
     return to_image(translate_tensor(generator, x, tile=tile, device=device, precision=precision))
 
@@ -158,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: bf16 on CUDA, fp16 on MPS, fp32 on CPU",
     )
-    parser.add_argument("--tile", type=int, default=None, help="tile images larger than this many pixels")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile images larger than this many pixels; default: automatically, as --tile 512, when an "
+        "untiled pass would need more than 1 GiB on the CPU or half the free GPU memory; 0: never tile",
+    )
     parser.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default 128)")
     parser.add_argument(
         "--naive-tiles", action="store_true", help="per-tile normalisation statistics (shows seams)"
@@ -187,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.batch_size < 1:
         return fail("--batch-size must be at least 1")
-    if args.tile is not None and args.tile < 16:
-        return fail("--tile must be at least 16 pixels (try 512)")
+    if args.tile is not None and (args.tile < 0 or 0 < args.tile < 16):
+        return fail("--tile must be at least 16 pixels (try 512), or 0 to never tile")
     if problem := video.check_video_arguments(args):
         return fail(problem)
     try:
@@ -213,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         jobs = collect_inputs(inputs, recursive=args.recursive)
     except (ExportError, InputError) as err:
         return fail(str(err))
-    tile = None
-    if args.tile is not None:
+    tile: TileOptions | int | None = None  # automatic
+    if args.tile == 0:
+        tile = 0
+    elif args.tile is not None:
         tile = TileOptions(tile=args.tile, overlap=args.overlap, consistent=not args.naive_tiles)
 
     planned: dict[Path, Path] = {}  # output -> input; the same file named twice is translated once
@@ -265,19 +296,28 @@ def main(argv: list[str] | None = None) -> int:
         for entry in loaded:
             by_size.setdefault(entry[2].size, []).append(entry)
         for group in by_size.values():
-            try:
-                x = torch.stack([to_tensor(image) for _, _, image in group])  # (B, 3, H, W)
-                y = translate_tensor(
-                    generator, x, tile=tile, device=device, precision=precision, progress=not args.quiet
-                )
-                for (src, dst, image), out in zip(group, y, strict=True):
-                    emit(src, dst, image, to_image(out))
-                    written += 1
-            except (RuntimeError, OSError, ValueError) as err:
-                failed += len(group)
-                names = ", ".join(str(src) for src, _, _ in group)
-                tqdm.write(f"error: {names}: {err}; skipped", file=sys.stderr)
-            bar.update(len(group))
+            width, height = group[0][2].size
+            if resolve_tile(generator, (len(group), 3, height, width), device, tile) is not None:
+                batches = [[entry] for entry in group]  # tiled: one image at a time bounds memory
+            else:
+                batches = [group]
+            for batch in batches:
+                try:
+                    images = [to_tensor(image) for _, _, image in batch]
+                    x = images[0].unsqueeze(0) if len(batch) == 1 else torch.stack(images)  # (B, 3, H, W)
+                    del images
+                    y = translate_tensor(
+                        generator, x, tile=tile, device=device, precision=precision, progress=not args.quiet
+                    )
+                    del x
+                    for (src, dst, image), out in zip(batch, y, strict=True):
+                        emit(src, dst, image, to_image(out))
+                        written += 1
+                except (RuntimeError, OSError, ValueError) as err:
+                    failed += len(batch)
+                    names = ", ".join(str(src) for src, _, _ in batch)
+                    tqdm.write(f"error: {names}: {err}; skipped", file=sys.stderr)
+                bar.update(len(batch))
     bar.close()
     if videos:
         done, broken = video.run_videos(

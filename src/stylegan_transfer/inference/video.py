@@ -671,7 +671,7 @@ def translate_video(
     outputs = [output] if side_by_side is None else [output, Path(side_by_side)]
     device = pick_device() if device is None else torch.device(device)
     dtype = PRECISIONS[precision]
-    options = TileOptions(tile=tile) if isinstance(tile, int) else tile
+    options = (TileOptions(tile=tile) if tile > 0 else None) if isinstance(tile, int) else tile
     container_name = _container_name(av, output)
     if side_by_side is not None and _container_name(av, Path(side_by_side)) != container_name:
         raise VideoError(f"{side_by_side}: the side-by-side video must use the container of {output}")
@@ -719,7 +719,8 @@ def translate_video(
         if not pending:
             return
         x = _to_batch([array for array, _ in pending], geometry.turns)  # (B, 3, H, W), upright
-        y = translate_tensor(generator, x, tile=options, device=device, precision=precision)
+        # tile=0 when none given: frames are never tiled automatically (the clip's held statistics decide)
+        y = translate_tensor(generator, x, tile=options or 0, device=device, precision=precision)
         meter.update(x, y)
         stamps = [stamp for _, stamp in pending]
         for writer in writers:

@@ -1,0 +1,141 @@
+"""Issue 14, item 16: stylegan-translate tiles huge images by default (bounded memory), `--tile 0` does not.
+
+Automatic tiling must give exactly the documented `--tile 512` output; the budget decides when it applies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO
+from stylegan_transfer.inference import tiling
+from stylegan_transfer.inference.generator_file import save_generator
+from stylegan_transfer.networks import build_generator, init_weights
+
+translate = importlib.import_module("stylegan_transfer.inference.translate")  # the package exports a function
+
+TINY = {"channels": 4, "n_blocks": 1}
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    generator = init_weights(build_generator("resnet", **TINY)).eval()
+    return save_generator(generator, tmp_path / "g.safetensors", arch="resnet", kwargs=TINY)
+
+
+def smooth_photo(path: Path, width: int, height: int) -> Path:
+    yy, xx = np.mgrid[0:height, 0:width]
+    array = np.stack([xx * 255 // width, yy * 255 // height, (xx + 2 * yy) % 256], -1).astype(np.uint8)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_default_generator_on_a_6000x4000_photo_is_tiled_on_the_cpu():
+    with torch.device("meta"):
+        generator = build_generator("resnet")  # the paper's 64 channels
+    assert (
+        tiling.auto_tile_options(generator, (1, 3, 4000, 6000), torch.device("cpu")) == tiling.TileOptions()
+    )
+    assert tiling.auto_tile_options(generator, (1, 3, 256, 256), torch.device("cpu")) is None
+    # 4 photos of 1000x700 in one batch would not fit untiled; one would
+    assert tiling.auto_tile_options(generator, (4, 3, 700, 1000), torch.device("cpu")) is not None
+    assert tiling.auto_tile_options(generator, (1, 3, 700, 1000), torch.device("cpu")) is None
+
+
+def test_on_a_gpu_the_budget_is_half_its_free_memory(monkeypatch):
+    with torch.device("meta"):
+        generator = build_generator("resnet")
+    per_image = 4000 * 6000 * tiling.bytes_per_pixel(generator)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * per_image, 80 << 30))
+    assert tiling.auto_tile_options(generator, (1, 3, 4000, 6000), torch.device("cuda")) is None
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (per_image, 80 << 30))
+    assert tiling.auto_tile_options(generator, (1, 3, 4000, 6000), torch.device("cuda")) is not None
+
+
+def _run(export: Path, photo: Path, out: Path, *extra: str) -> bytes:
+    args = [
+        "--checkpoint",
+        str(export),
+        "--input",
+        str(photo),
+        "--output",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
+    assert translate.main([*args, *extra]) == 0
+    return (out / f"{photo.stem}.png").read_bytes()
+
+
+def test_automatic_tiling_equals_the_documented_tile_512_and_tile_0_turns_it_off(
+    export, tmp_path, monkeypatch
+):
+    photo = smooth_photo(tmp_path / "photo.png", 700, 530)
+    monkeypatch.setattr(tiling, "CPU_UNTILED_BUDGET", 1 << 20)  # this photo then counts as huge
+    automatic = _run(export, photo, tmp_path / "auto")
+    assert automatic == _run(export, photo, tmp_path / "t512", "--tile", "512")
+    untiled = _run(export, photo, tmp_path / "t0", "--tile", "0")
+    assert untiled != automatic
+    monkeypatch.setattr(tiling, "CPU_UNTILED_BUDGET", 1 << 40)  # ample memory: untiled, as before
+    assert _run(export, photo, tmp_path / "big_budget") == untiled
+
+
+def test_help_documents_automatic_tiling(capsys):
+    with pytest.raises(SystemExit):
+        translate.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "automatically, as --tile 512" in text and "0: never tile" in text
+
+
+PEAK = """
+import sys
+from stylegan_transfer.inference import tiling
+tiling.CPU_UNTILED_BUDGET = int(sys.argv[1])
+translate = __import__("importlib").import_module("stylegan_transfer.inference.translate")
+code = translate.main(sys.argv[2:])
+# VmHWM: this process's peak resident memory (ru_maxrss would include the parent's, kept across exec)
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))  # KiB
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc (Linux)")
+def test_automatic_tiling_bounds_the_peak_memory(export, tmp_path):
+    """A 3000x2000 photo with a budget of 64 MiB: the automatic run's peak stays far below the untiled one."""
+    photo = smooth_photo(tmp_path / "photo.png", 3000, 2000)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+
+    def peak_mib(*extra: str) -> float:
+        args = [
+            "--checkpoint",
+            str(export),
+            "--input",
+            str(photo),
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+        result = subprocess.run(
+            [sys.executable, "-c", PEAK, str(64 << 20), *args, "--overwrite", "--device", "cpu", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.split()[-1]) / 1024
+
+    untiled, automatic = peak_mib("--tile", "0"), peak_mib()
+    assert automatic < untiled - 150, (automatic, untiled)  # untiled activations of 6 MP: about 400 MiB
