@@ -8,6 +8,7 @@ images with one warning line per skipped file.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -26,11 +27,53 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
-def list_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
-    """Sorted image files under `folder` (by extension; other files are ignored)."""
+class FolderError(OSError):
+    """A folder of images cannot be read; the message names it and why."""
+
+
+def list_images(
+    folder: str | Path, *, recursive: bool = True, extensions: frozenset[str] = IMAGE_EXTENSIONS
+) -> list[Path]:
+    """Sorted image files under `folder` (by extension, `extensions`; other files are ignored).
+
+    Raises FolderError when `folder` itself cannot be read. Sub-folders that cannot be read, links to a
+    folder already listed (symbolic link loops) and broken links are skipped with one warning each.
+    """
     folder = Path(folder)
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            info = current.stat()
+            with os.scandir(current) as handle:
+                entries = list(handle)
+        except OSError as err:
+            if current == folder:
+                raise FolderError(f"cannot read folder {folder}: {err.strerror or err}") from None
+            log.warning("skipping folder %s: %s", current, err.strerror or err)
+            continue
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            log.warning("skipping %s: it links to a folder already listed (a symbolic link loop?)", current)
+            continue
+        seen.add(key)
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                if recursive:
+                    pending.append(path)
+            elif is_file:
+                if path.suffix.lower() in extensions:
+                    found.append(path)
+            elif entry.is_symlink() and path.suffix.lower() in extensions:
+                log.warning("skipping %s: a broken symbolic link", path)
+    return sorted(found)
 
 
 def probe_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> str | None:

@@ -15,15 +15,24 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from stylegan_transfer.devices import pick_device
-from stylegan_transfer.images import IMAGE_EXTENSIONS, load_rgb, save_image, to_image, to_tensor
+from stylegan_transfer.images import (
+    IMAGE_EXTENSIONS,
+    FolderError,
+    list_images,
+    load_rgb,
+    save_image,
+    to_image,
+    to_tensor,
+)
 from stylegan_transfer.inference import video
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.generator_file import ExportError, generator_multiple, load_generator
@@ -34,7 +43,11 @@ from stylegan_transfer.inference.tiling import (
     autocast,
     translate_tiled,
 )
-from stylegan_transfer.networks import PaddedGenerator
+from stylegan_transfer.networks import PAD_MODE, PaddedGenerator
+
+# Smaller inputs are padded to this side first: two stride-2 steps must leave at least 2×2 for the
+# residual blocks' reflection padding and instance norm (a 1×1 photo would otherwise fail deep inside).
+MIN_SIDE = 8
 
 
 # ----------------------------------------------------------------------------- public API
@@ -56,11 +69,15 @@ def translate_tensor(
 
     `tile`: None tiles automatically when an untiled pass would not fit in memory (see
     `tiling.auto_tile_options`), 0 never tiles, N or TileOptions tile at that size."""
+    _, _, height, width = x.shape
+    if height < MIN_SIDE or width < MIN_SIDE:  # too small for the bottleneck: pad like any border, crop back
+        padded = F.pad(x, (0, max(0, MIN_SIDE - width), 0, max(0, MIN_SIDE - height)), mode=PAD_MODE)
+        y = translate_tensor(generator, padded, tile=0, device=device, precision=precision)
+        return y[:, :, :height, :width].contiguous()
     device = pick_device() if device is None else torch.device(device)
     dtype = PRECISIONS[precision]
     generator = generator.to(device).eval()
     options = resolve_tile(generator, x.shape, device, tile)
-    _, _, height, width = x.shape
     if options is None or max(height, width) <= options.tile:
         with autocast(device, dtype):
             y = PaddedGenerator(generator, generator_multiple(generator))(x.to(device)).float().cpu()
@@ -131,8 +148,10 @@ def collect_inputs(inputs: Sequence[str], *, recursive: bool) -> list[tuple[Path
             found += [(p, Path(p.name)) for p in files]
         elif Path(item).is_dir():
             folder = Path(item)
-            pattern = "**/*" if recursive else "*"
-            files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in media)
+            try:
+                files = list_images(folder, recursive=recursive, extensions=media)
+            except FolderError as err:
+                raise InputError(f"{err}; check its permissions") from None
             if not files:
                 hint = "" if recursive else " (use --recursive to look in sub-folders)"
                 raise InputError(f"folder {folder} holds no images or videos{hint}")
@@ -142,6 +161,48 @@ def collect_inputs(inputs: Sequence[str], *, recursive: bool) -> list[tuple[Path
         else:
             raise InputError(f"input {item} does not exist; give image files, folders or glob patterns")
     return found
+
+
+def plan_outputs(
+    jobs: Sequence[tuple[Path, Path]], output_for: Callable[[Path, Path], Path]
+) -> dict[Path, Path]:
+    """output path -> input path, `output_for(input, relative path)` naming each output. The same file named
+    twice is translated once; files whose names differ only in their extension (x.jpg, x.png) get it in
+    their output name (x_jpg.png, x_png.png)."""
+    unique: dict[Path, tuple[Path, Path]] = {}  # resolved input -> (input as given, relative output)
+    for src, relative in jobs:
+        unique.setdefault(src.resolve(), (src, relative))
+    by_output: dict[Path, list[tuple[Path, Path]]] = {}
+    for src, relative in unique.values():
+        by_output.setdefault(output_for(src, relative), []).append((src, relative))
+    planned: dict[Path, Path] = {}
+    for dst, sources in by_output.items():
+        if len(sources) == 1:
+            planned[dst] = sources[0][0]
+            continue
+        suffixes = [relative.suffix.lower() for _, relative in sources]
+        if len(set(suffixes)) < len(suffixes):  # same name in different folders (glob patterns)
+            names = " and ".join(str(src) for src, _ in sources[:2])
+            raise InputError(
+                f"{names} would both be written to {dst}; give their common parent folder (with --recursive, "
+                "outputs keep the sub-folders) or translate them into different --output folders"
+            )
+        tagged_names = []
+        for src, relative in sources:
+            tagged = relative.with_name(f"{relative.stem}_{relative.suffix[1:]}{relative.suffix}")
+            planned[output_for(src, tagged)] = src
+            tagged_names.append(output_for(src, tagged).name)
+        print(
+            f"stylegan-translate: note: {', '.join(relative.name for _, relative in sources)} share a name; "
+            f"their outputs keep the extension in the name ({', '.join(tagged_names)})",
+            file=sys.stderr,
+        )
+    if len(planned) != len(unique):
+        raise InputError(
+            "two inputs would be written to the same output name even with their extension added; "
+            "rename them or use different --output folders"
+        )
+    return planned
 
 
 def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
@@ -248,18 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.tile is not None:
         tile = TileOptions(tile=args.tile, overlap=args.overlap, consistent=not args.naive_tiles)
 
-    planned: dict[Path, Path] = {}  # output -> input; the same file named twice is translated once
-    for src, relative in jobs:
+    def output_for(src: Path, relative: Path) -> Path:
         if video.is_video(src):
-            dst = video.video_output_path(args.output, relative, args.video_format)
-        else:
-            dst = _output_path(args.output, relative, args.format)
-        other = planned.setdefault(dst, src)
-        if other.resolve() != src.resolve():
-            return fail(
-                f"{other} and {src} would both be written to {dst}; translate them in separate runs "
-                "(different --output folders) or give their common parent folder with --recursive"
-            )
+            return video.video_output_path(args.output, relative, args.video_format)
+        return _output_path(args.output, relative, args.format)
+
+    try:
+        planned = plan_outputs(jobs, output_for)
+    except InputError as err:
+        return fail(str(err))
     todo, skipped, failed, written = [], 0, 0, 0
     for dst, src in planned.items():
         if dst.exists() and not args.overwrite:

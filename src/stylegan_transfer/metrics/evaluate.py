@@ -26,7 +26,7 @@ from tqdm import tqdm
 from stylegan_transfer import atomic
 from stylegan_transfer.datasets import DataError, domain_folders
 from stylegan_transfer.devices import pick_device
-from stylegan_transfer.images import list_images, load_rgb, save_image, to_tensor
+from stylegan_transfer.images import FolderError, list_images, load_rgb, save_image, to_tensor
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.generator_file import ExportError, load_generator
 from stylegan_transfer.metrics import scores as metrics
@@ -48,7 +48,10 @@ def _images(folder: str | Path, role: str) -> list[Path]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise EvalError(f"{role} folder {folder} does not exist.")
-    files = list_images(folder)
+    try:
+        files = list_images(folder)
+    except FolderError as err:
+        raise EvalError(f"{role} {err}") from None
     if len(files) < 2:
         raise EvalError(f"{role} folder {folder} holds {len(files)} image(s); FID and KID need at least 2.")
     return files

@@ -25,6 +25,7 @@ from stylegan_transfer.datasets import DataError, domain_folders
 from stylegan_transfer.images import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
+    FolderError,
     list_images,
     load_rgb,
     scan_images,
@@ -297,7 +298,11 @@ class UnpairedDataModule(L.LightningDataModule):
                     return None
                 hint = f"\n{self.missing_hint}" if self.missing_hint else ""
                 raise DataError(f"domain {name} folder {folder} does not exist.{hint}")
-            if not list_images(folder):
+            try:
+                listed = list_images(folder)
+            except FolderError as err:
+                raise DataError(f"domain {name}: {err}; check its permissions.") from None
+            if not listed:
                 if not required:
                     return None
                 raise DataError(
