@@ -4,6 +4,7 @@ symbolic link loops are named."""
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from stylegan_transfer.images import FolderError, list_images
 from stylegan_transfer.inference.generator_file import save_generator
 from stylegan_transfer.networks import build_generator, init_weights
 from stylegan_transfer.training.data import UnpairedDataModule
+from test_safety_resume import train_py
 
 translate = importlib.import_module("stylegan_transfer.inference.translate")  # the package exports a function
 
@@ -121,3 +123,50 @@ def test_symbolic_link_loops_are_named_and_listed_once(tmp_path, caplog):
     assert files == [root / "sub" / "img_000.jpg", root / "sub" / "img_001.jpg"]
     assert "symbolic link loop" in caplog.text and str(root / "sub" / "loop") in caplog.text
     assert "broken symbolic link" in caplog.text and "dangling.jpg" in caplog.text
+
+
+# ----------------------------------------------------------------------------- item 9: decode failures, workers
+def decode_failing_jpeg(path: Path, seed: int) -> Path:
+    """A JPEG whose header is fine (it passes the setup scan) and whose pixel data is cut off."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+        buffer, "JPEG"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path
+
+
+def logged(result) -> list[str]:
+    """Log lines of a train.py run (Hydra logs to stdout, errors go to stderr)."""
+    return (result.stdout + result.stderr).splitlines()
+
+
+@pytest.mark.slow
+def test_a_domain_whose_files_all_fail_to_decode_is_one_refusal_with_workers(tmp_path):
+    good = tmp_path / "A"
+    write_images(good, 4)
+    bad = [decode_failing_jpeg(tmp_path / "B" / f"b{i}.jpg", i) for i in range(3)]
+    result = train_py(
+        f"data.dir_a={good}", f"data.dir_b={tmp_path / 'B'}", "style=custom", "data.num_workers=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"no image of {tmp_path / 'B'} could be decoded" in errors[0]
+    for path in bad:  # named once per run, whichever worker met it first
+        assert sum(f"skipping {path}:" in line for line in logged(result)) == 1
+
+
+@pytest.mark.slow
+def test_each_bad_file_is_named_once_per_run_with_workers_and_validation(tmp_path):
+    write_images(tmp_path / "A", 4)
+    write_images(tmp_path / "B", 3, seed=5)
+    bad = decode_failing_jpeg(tmp_path / "A" / "img_000b.jpg", 9)  # in training and in the validation pairs
+    result = train_py(
+        f"data.dir_a={tmp_path / 'A'}", f"data.dir_b={tmp_path / 'B'}", "style=custom", "data.num_workers=2",
+        "data.val_size=4", "data.max_dataset_size=null", f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sum(f"skipping {bad}:" in line for line in logged(result)) == 1

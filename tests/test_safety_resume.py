@@ -81,7 +81,7 @@ def test_train_py_refuses_a_malicious_checkpoint_in_one_line(last_ckpt, cyclegan
     evil = evil_copy(last_ckpt, tmp_path / "evil.ckpt", marker)
     result = train_py(
         *data_overrides(cyclegan_dir),
-        f"paths.output_dir={tmp_path / 'run'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
         f"ckpt_path={evil}",
         env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
     )

@@ -25,8 +25,10 @@ from stylegan_transfer import losses
 from stylegan_transfer.image_pool import ImagePool
 from stylegan_transfer.networks import build_discriminator, build_generator, init_weights
 from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS, PerceptualLoss
+from stylegan_transfer.training import settings
 from stylegan_transfer.training.adversarial import AdversarialModule, augmenter
 from stylegan_transfer.training.optim import LrScaling, batch_lr_factor
+from stylegan_transfer.training.settings import check_training_settings
 
 
 class CycleGANModule(AdversarialModule):
@@ -86,6 +88,16 @@ class CycleGANModule(AdversarialModule):
         super().__init__()
         generator = dict(generator or {"arch": "resnet"})
         discriminator = dict(discriminator or {"arch": "patch"})
+        check_training_settings(
+            generator=generator,
+            lr=lr,
+            betas=(beta1, beta2),
+            lambdas={k: v for k, v in locals().items() if k.startswith("lambda_")},  # every loss weight
+            epochs=(epochs_constant, epochs_decay),
+            init_gain=init_gain,
+        )
+        settings.count("pool_size", pool_size)
+        settings.count("batch_size", batch_size, low=1)
         if gan_mode not in losses.GAN_MODES:
             raise ValueError(f"unknown gan_mode {gan_mode!r}; choose one of {losses.GAN_MODES}")
         if not 0.0 <= ema_decay < 1.0:

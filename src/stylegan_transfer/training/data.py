@@ -32,6 +32,7 @@ from stylegan_transfer.images import (
     to_tensor,
 )
 from stylegan_transfer.networks import pad_to_multiple
+from stylegan_transfer.training import settings
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,48 @@ class Augment:
         return x
 
 
+class BadFiles:
+    """Which files failed to decode, shared by every DataLoader worker and the validation set: each bad
+    file is named once per run (one warning), and skipped by all at once. The flags live in a shared-memory
+    tensor, so workers see each other's findings."""
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self.index = {path: i for i, path in enumerate(dict.fromkeys(files))}
+        self.flags = torch.zeros(max(1, len(self.index)), dtype=torch.uint8).share_memory_()
+
+    def __contains__(self, path: Path) -> bool:
+        i = self.index.get(path)
+        return i is not None and bool(self.flags[i])
+
+    def report(self, path: Path, err: BaseException) -> None:
+        """Mark `path` bad; warn unless another worker already did."""
+        i = self.index.get(path)
+        if i is not None:
+            if self.flags[i]:
+                return
+            self.flags[i] = 1
+        log.warning("skipping %s: %s: %s (using the next image instead)", path, type(err).__name__, err)
+
+
+def load_first_good(
+    files: Sequence[Path], index: int, bad: BadFiles, *, draft_size: int | None
+) -> tuple[Path, Image.Image]:
+    """Image `index`, or (if it fails to decode) the next good one: one bad file never stops training.
+    Raises DataError (one line) when no file of the folder decodes."""
+    for attempt in range(len(files)):
+        path = files[(index + attempt) % len(files)]
+        if path in bad:
+            continue
+        try:
+            return path, load_rgb(path, draft_size=draft_size)
+        except Exception as err:  # damaged data raises OSError, SyntaxError, zlib/struct errors ...
+            bad.report(path, err)
+    raise DataError(
+        f"no image of {files[0].parent} could be decoded ({len(files)} files, each named in a warning above); "
+        "replace the damaged files or point the data settings at another folder."
+    )
+
+
 class UnpairedDataset(Dataset):
     """Training samples {"a", "b"} addressed by key = epoch * len(self) + position."""
 
@@ -115,6 +158,7 @@ class UnpairedDataset(Dataset):
         augment: Augment,
         seed: int = 0,
         max_dataset_size: int | None = None,
+        bad_files: BadFiles | None = None,
     ) -> None:
         if not files_a or not files_b:
             raise DataError("both domains need at least one image")
@@ -124,7 +168,7 @@ class UnpairedDataset(Dataset):
         if max_dataset_size is not None:
             self.length = min(self.length, max_dataset_size)
         self._perm_epoch, self._perm = -1, np.arange(0)
-        self._bad: set[Path] = set()  # files that failed to decode (per worker process)
+        self._bad = bad_files if bad_files is not None else BadFiles([*self.files_a, *self.files_b])
 
     def __len__(self) -> int:
         return self.length
@@ -136,21 +180,8 @@ class UnpairedDataset(Dataset):
         return self._perm
 
     def _load(self, files: list[Path], index: int, rng: np.random.Generator) -> torch.Tensor:
-        """Image `index`, or (if it fails to decode) the next good one: one bad file never stops training."""
-        for attempt in range(len(files)):
-            path = files[(index + attempt) % len(files)]
-            if path in self._bad:
-                continue
-            try:
-                image = load_rgb(path, draft_size=self.augment.draft_size)
-            except Exception as err:  # damaged data raises OSError, SyntaxError, zlib/struct errors ...
-                self._bad.add(path)
-                log.warning(
-                    "skipping %s: %s: %s (using the next image instead)", path, type(err).__name__, err
-                )
-                continue
-            return self.augment(image, rng)
-        raise DataError(f"no readable image among {len(files)} files (first: {files[0]})")
+        _, image = load_first_good(files, index, self._bad, draft_size=self.augment.draft_size)
+        return self.augment(image, rng)
 
     def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
         epoch, position = divmod(int(key), self.length)
@@ -186,30 +217,26 @@ class PairedEvalDataset(Dataset):
     A file that fails to decode is replaced by the next good one of its domain (warned once).
     """
 
-    def __init__(self, files_a: Sequence[Path], files_b: Sequence[Path], *, size: int, count: int) -> None:
+    def __init__(
+        self,
+        files_a: Sequence[Path],
+        files_b: Sequence[Path],
+        *,
+        size: int,
+        count: int,
+        bad_files: BadFiles | None = None,
+    ) -> None:
         self.all_a, self.all_b = list(files_a), list(files_b)
         self.files_a, self.files_b = self.all_a[:count], self.all_b[:count]
         self.size = size
-        self._bad: set[Path] = set()
+        self._bad = bad_files if bad_files is not None else BadFiles([*self.all_a, *self.all_b])
 
     def __len__(self) -> int:
         return max(len(self.files_a), len(self.files_b))
 
     def _load(self, files: list[Path], index: int) -> torch.Tensor:
-        for attempt in range(len(files)):
-            path = files[(index + attempt) % len(files)]
-            if path in self._bad:
-                continue
-            try:
-                image = load_rgb(path, draft_size=self.size)
-            except Exception as err:
-                self._bad.add(path)
-                log.warning(
-                    "skipping %s: %s: %s (using the next image instead)", path, type(err).__name__, err
-                )
-                continue
-            return to_tensor(image.resize((self.size, self.size), Image.BICUBIC))
-        raise DataError(f"no readable image among {len(files)} files (first: {files[0]})")
+        _, image = load_first_good(files, index, self._bad, draft_size=self.size)
+        return to_tensor(image.resize((self.size, self.size), Image.BICUBIC))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {
@@ -248,6 +275,12 @@ class UnpairedDataModule(L.LightningDataModule):
         max_pixels: int = MAX_PIXELS,
     ) -> None:
         super().__init__()
+        settings.count("batch_size", batch_size, low=1)
+        settings.count("num_workers", num_workers)
+        settings.count("val_size", val_size, low=1)  # validation and sample grids need a pair
+        settings.count("max_dataset_size", max_dataset_size, low=1, optional=True)
+        settings.count("load_size", load_size, low=4)
+        settings.count("crop_size", crop_size, low=4)
         self.root, self.dir_a, self.dir_b = root, dir_a, dir_b
         self.swap_domains = bool(swap_domains)
         self.augment = Augment(preprocess=preprocess, load_size=load_size, crop_size=crop_size, flip=flip)
@@ -349,13 +382,21 @@ class UnpairedDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         files_a, files_b = self._files("train", required=True)  # type: ignore[misc]
-        self.train_set = UnpairedDataset(
-            files_a, files_b, augment=self.augment, seed=self.seed, max_dataset_size=self.max_dataset_size
-        )
         explicit = self.dir_a is not None
         test = None if explicit else self._files("test", required=False)
         val_a, val_b = test if test is not None else (files_a, files_b)
-        self.val_set = PairedEvalDataset(val_a, val_b, size=self.augment.crop_size, count=self.val_size)
+        bad = BadFiles([*files_a, *files_b, *val_a, *val_b])  # one warning per bad file per run
+        self.train_set = UnpairedDataset(
+            files_a,
+            files_b,
+            augment=self.augment,
+            seed=self.seed,
+            max_dataset_size=self.max_dataset_size,
+            bad_files=bad,
+        )
+        self.val_set = PairedEvalDataset(
+            val_a, val_b, size=self.augment.crop_size, count=self.val_size, bad_files=bad
+        )
 
     def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
         workers = min(self.num_workers, os.cpu_count() or 1)

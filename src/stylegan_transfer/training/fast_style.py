@@ -24,6 +24,7 @@ from stylegan_transfer.images import load_rgb, resize_long_side, to_tensor
 from stylegan_transfer.networks import build_generator, init_weights
 from stylegan_transfer.perceptual import STYLE_LAYERS, PerceptualLoss
 from stylegan_transfer.training.optim import linear_decay_factor
+from stylegan_transfer.training.settings import check_training_settings
 
 
 class FastStyleModule(L.LightningModule):
@@ -51,6 +52,14 @@ class FastStyleModule(L.LightningModule):
     ) -> None:
         super().__init__()
         generator = dict(generator or {"arch": "johnson"})
+        check_training_settings(
+            generator=generator,
+            lr=lr,
+            betas=(beta1, beta2),
+            lambdas={"lambda_content": lambda_content, "lambda_style": lambda_style, "lambda_tv": lambda_tv},
+            epochs=(epochs_constant, epochs_decay),
+            init_gain=init_gain,
+        )
         self.save_hyperparameters()
         gen_kwargs = dict(generator)
         self.generator_arch = gen_kwargs.pop("arch")

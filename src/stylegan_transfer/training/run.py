@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -40,13 +41,15 @@ from stylegan_transfer.training.callbacks import (
     evaluated_generator,
 )
 from stylegan_transfer.training.resume import ResumeError, check_resume
+from stylegan_transfer.training.settings import SettingError
 
 log = logging.getLogger(__name__)
 ASSETS = DEMO_ROOT.parent
 
 
 class ConfigError(ValueError):
-    """A configuration that composes but cannot be built; the message says which override fixes it."""
+    """A configuration that composes but cannot be built, or a setting that is invalid or would train
+    nothing; the message names the key and the override that fixes it."""
 
 
 # one clear line, exit code 2
@@ -289,6 +292,40 @@ def _log_wandb_artifacts(logger, exported: list[Path], samples_dir: Path) -> Non
         run.log_artifact(samples)
 
 
+def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """instantiate(cfg[key]); a constructor refusing a value becomes one ConfigError line naming the key."""
+    try:
+        return instantiate(cfg[key], **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, SettingError):
+            raise ConfigError(f"{key}.{cause}") from None
+        if isinstance(cause, ValueError | TypeError):  # a constructor's own check: keep its type
+            cause.args = (f"invalid {key} settings: {' '.join(str(cause).split())[:300]}",)
+            cause.user_setting = key  # reported like USER_ERRORS
+            raise cause from None
+        raise
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a user error; for one re-raised from a DataLoader worker (whose text holds the worker's
+    traceback), the original message alone."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix = f"{type(err).__module__}.{type(err).__name__}: "
+        text = last.removeprefix(prefix).removeprefix(f"{type(err).__name__}: ")
+    return text
+
+
+def check_trains_something(trainer: L.Trainer) -> None:
+    """Refuse limits that would run no training step (and then export untrained generators)."""
+    for name in ("max_epochs", "max_steps", "limit_train_batches"):
+        value = getattr(trainer, name, None)
+        if value == 0:
+            raise ConfigError(f"trainer.{name}=0 would train nothing (and export untrained generators)")
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """Hydra job entry: train, then write result.json into the run folder (rank 0).
 
@@ -311,8 +348,8 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as err:
         if rank_zero_only.rank == 0:
             write_result(output_dir, overrides=overrides, metric=metric, metrics=None, error=err)
-        if not multirun and isinstance(err, USER_ERRORS):
-            print(f"error: {err}", file=sys.stderr)  # bad input: the message says what to do, no traceback
+        if not multirun and (isinstance(err, USER_ERRORS) or hasattr(err, "user_setting")):
+            print(f"error: {one_line(err)}", file=sys.stderr)  # bad input: says what to do, no traceback
             raise SystemExit(2) from err
         if not multirun:
             raise
@@ -335,7 +372,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg, "data")
     datamodule.check()  # missing or empty folders fail here, in seconds
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(
@@ -343,7 +380,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "(for example <run>/checkpoints/last.ckpt)."
         )
     check_networks(cfg.model)
-    module = instantiate(cfg.model)
+    module = build(cfg, "model")
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         check_resume(ckpt_path, module)  # weights-only read; one line if it is not a fitting checkpoint
@@ -354,9 +391,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     selected_by = select_by_quality(callbacks, getattr(module, "fallback_metric", FALLBACK_METRIC))
     uses_wandb = _prepare_wandb(cfg.get("logger"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
+    trainer: L.Trainer = build(
+        cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
     )
+    check_trains_something(trainer)
     if trainer.is_global_zero:
         log.info("run folder: %s", output_dir)
         if uses_wandb and logger:
@@ -364,7 +402,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         # weights_only: Lightning's own read cannot run pickled code, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except DataError as err:  # from a DataLoader worker: keep the message, drop the worker's traceback
+            raise DataError(one_line(err)) from None
+        if trainer.global_step == 0 and not trainer.interrupted:
+            raise ConfigError(
+                "no training step ran (check trainer.max_epochs, trainer.max_steps and the data); "
+                "nothing was exported"
+            )
         if trainer.is_global_zero and cfg.get("export", True) and not trainer.interrupted:
             exported = export_generators(module, output_dir / "export", metadata)
             if uses_wandb and logger:
