@@ -13,8 +13,8 @@ from test_safety_resume import data_overrides, train_py
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model.lr=abc", "model.lr must be a number > 0, got 'abc'"),
-        ("model.lr=-1", "model.lr must be a number > 0"),
+        ("model.lr=abc", "model.lr must be a number >= 0, got 'abc'"),
+        ("model.lr=-1", "model.lr must be a number >= 0"),
         ("model.beta1=1.5", "model.beta1 must be a number from 0 to below 1"),
         ("model.lambda_cycle=-10", "model.lambda_cycle must be a number >= 0"),
         ("model.epochs_constant=0 model.epochs_decay=0", "nothing would be trained"),
@@ -50,4 +50,4 @@ def test_train_py_reports_a_bad_learning_rate_in_one_line(cyclegan_dir, tmp_path
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: model.lr must be a number > 0, got 'abc'"]
+    assert errors == ["error: model.lr must be a number >= 0, got 'abc'"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not Path(path).is_file():
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class ResumeCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `last.ckpt` (save_last: link) is a hard link (or copy) to the newest epoch
+    checkpoint, replaced by one atomic rename. Lightning's link removes the old link before making the new
+    one, so a kill in between left last.ckpt missing or dangling; here it is the old file or the new one at
+    every moment (the epoch file it links to may be deleted: a hard link keeps the data).
+
+    No version counter: a run resumed from a checkpoint saved before its `last.ckpt` existed would
+    otherwise write `last-v1.ckpt` and leave `last.ckpt` behind, stale."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            with atomic_path(linkpath, fsync=False) as tmp:
+                tmp.unlink(missing_ok=True)
+                try:
+                    os.link(filepath, tmp)
+                except OSError:  # no hard links on this filesystem: a copy, flushed before the rename
+                    shutil.copyfile(filepath, tmp)
+                    with open(tmp, "rb") as handle:
+                        os.fsync(handle.fileno())
+        trainer.strategy.barrier()
 
 
 def sample_grid(images: dict[str, torch.Tensor]) -> torch.Tensor:

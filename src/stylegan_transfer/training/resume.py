@@ -7,13 +7,18 @@ inference.checkpoint), then checks that it is a full training checkpoint whose w
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from stylegan_transfer.atomic import sweep_stale
 from stylegan_transfer.inference.checkpoint import load_checkpoint_file
 from stylegan_transfer.inference.generator_file import ExportError
+
+log = logging.getLogger(__name__)
 
 # Modules whose weights are not trained (loaded from their own files at setup) and so may differ.
 UNTRAINED_PREFIXES = ("perceptual.",)
@@ -47,6 +52,54 @@ def _settings(hparams: Any) -> str:
     if not isinstance(hparams, dict):
         return "?"
     return ", ".join(f"{k}={hparams.get(k)}" for k in ("generator", "discriminator") if k in hparams)
+
+
+def _read_full_checkpoint(path: Path) -> tuple[str | None, int]:
+    """(why `path` is not an intact full training checkpoint or None, its global step), read weights-only."""
+    try:
+        ckpt = load_checkpoint_file(path)
+    except ExportError as err:
+        return str(err), -1
+    if not isinstance(ckpt.get("optimizer_states"), list) or not isinstance(ckpt.get("loops"), dict):
+        return (
+            f"{path} holds weights but no optimizer and loop state (not a full training checkpoint); resume "
+            "from <run>/checkpoints/last.ckpt or an epoch_*.ckpt.",
+            -1,
+        )
+    step = ckpt.get("global_step")
+    return None, step if isinstance(step, int) else 0
+
+
+def find_resume_point(path: str | Path) -> Path:
+    """`path` if it is an intact training checkpoint. When it is a `last.ckpt` that is missing, dangling or
+    damaged, the intact checkpoint beside it that trained furthest instead (with a warning). Stale
+    temporary files of killed runs in that folder are removed first."""
+    path = Path(path).expanduser()
+    sweep_stale(path.parent)
+    problem, _ = _read_full_checkpoint(path)
+    if problem is None:
+        return path
+    if path.name == "last.ckpt" and path.parent.is_dir():
+        intact = []
+        for candidate in path.parent.glob("*.ckpt"):
+            if candidate != path and not candidate.name.startswith(".") and candidate.is_file():
+                found, step = _read_full_checkpoint(candidate)
+                if found is None:  # furthest first; at equal steps an epoch file before best.ckpt
+                    intact.append((step, candidate.name != "best.ckpt", candidate.stat().st_mtime, candidate))
+        if intact:
+            best = max(intact)[-1]
+            log.warning(
+                "%s is missing or damaged; resuming from %s, the intact checkpoint trained furthest",
+                path,
+                best,
+            )
+            return best
+    if not os.path.lexists(path):
+        raise FileNotFoundError(
+            f"ckpt_path {path} does not exist; give the path of a .ckpt file "
+            "(for example <run>/checkpoints/last.ckpt)."
+        )
+    raise ResumeError(f"cannot resume: {problem}")
 
 
 def check_resume(path: str | Path, module: nn.Module) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from stylegan_transfer.atomic import sweep_stale
 from stylegan_transfer.datasets import DEMO_ROOT, DataError
 from stylegan_transfer.inference.checkpoint import EMA_SUFFIX, ROLES
 from stylegan_transfer.inference.export import write_generators
@@ -40,7 +41,7 @@ from stylegan_transfer.training.callbacks import (
     RNGState,
     evaluated_generator,
 )
-from stylegan_transfer.training.resume import ResumeError, check_resume
+from stylegan_transfer.training.resume import ResumeError, check_resume, find_resume_point
 from stylegan_transfer.training.settings import SettingError
 
 log = logging.getLogger(__name__)
@@ -374,14 +375,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = build(cfg, "data")
     datamodule.check()  # missing or empty folders fail here, in seconds
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(
-            f"ckpt_path {cfg.ckpt_path} does not exist; give the path of a .ckpt file "
-            "(for example <run>/checkpoints/last.ckpt)."
-        )
     check_networks(cfg.model)
-    module = build(cfg, "model")
     ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:  # a broken last.ckpt falls back to the newest intact checkpoint beside it
+        ckpt_path = str(find_resume_point(ckpt_path))
+    module = build(cfg, "model")
     if ckpt_path:
         check_resume(ckpt_path, module)  # weights-only read; one line if it is not a fitting checkpoint
 
@@ -389,6 +387,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [RNGState(), metadata]  # exact resume and self-describing checkpoints, whatever the config
     selected_by = select_by_quality(callbacks, getattr(module, "fallback_metric", FALLBACK_METRIC))
+    for folder in {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)}:
+        sweep_stale(folder)  # temporary files of runs killed while saving
     uses_wandb = _prepare_wandb(cfg.get("logger"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = build(

@@ -64,7 +64,7 @@ def check_training_settings(
         check_generator_args(generator.get("arch"), kwargs)
     except ValueError as err:
         raise SettingError("generator", f"a valid generator ({err})", generator) from None
-    positive("lr", lr)
+    non_negative("lr", lr)  # 0 is allowed: a run that only evaluates
     fraction("beta1", betas[0])
     fraction("beta2", betas[1])
     for name, value in lambdas.items():
