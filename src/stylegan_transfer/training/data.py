@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -198,17 +198,41 @@ class UnpairedSampler(Sampler[int]):
     def __init__(self, length: int, *, rank: int = 0, world_size: int = 1) -> None:
         self.length, self.rank, self.world_size = length, rank, world_size
         self.epoch = 0
+        self.skip_once = 0  # positions of this rank already trained in the epoch being resumed
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning before every epoch
         self.epoch = epoch
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # the whole epoch, also when resuming in its middle (Lightning counts on it)
         return math.ceil(self.length / self.world_size)
 
     def __iter__(self) -> Iterator[int]:
         base = self.epoch * self.length
-        for j in range(len(self)):
+        start, self.skip_once = self.skip_once, 0
+        for j in range(start, len(self)):
             yield base + (self.rank + j * self.world_size) % self.length
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader with Lightning's `state_dict` / `load_state_dict` interface, so that resuming
+    from a checkpoint written in the middle of an epoch (interrupted.ckpt) skips exactly the batches that
+    epoch already trained instead of starting its data over. `progress()` gives {"epoch", "completed"}."""
+
+    def __init__(self, *args, progress: Callable[[], dict[str, int]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self._progress())
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Called by Lightning only when resuming inside an epoch, before the epoch's iterator is made."""
+        sampler = self.sampler
+        if isinstance(sampler, UnpairedSampler) and self.batch_size:
+            completed = int(state.get("completed", 0))
+            if 0 < completed < len(self):
+                sampler.set_epoch(int(state.get("epoch", sampler.epoch)))
+                sampler.skip_once = completed * self.batch_size
 
 
 class PairedEvalDataset(Dataset):
@@ -398,9 +422,9 @@ class UnpairedDataModule(L.LightningDataModule):
             val_a, val_b, size=self.augment.crop_size, count=self.val_size, bad_files=bad
         )
 
-    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+    def _loader(self, dataset: Dataset, *, loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
         workers = min(self.num_workers, os.cpu_count() or 1)
-        return DataLoader(
+        return loader(
             dataset,
             batch_size=self.batch_size,
             num_workers=workers,
@@ -414,7 +438,21 @@ class UnpairedDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = UnpairedSampler(len(self.train_set), rank=rank, world_size=world)
-        return self._loader(self.train_set, sampler=sampler, drop_last=False)
+        return self._loader(
+            self.train_set,
+            sampler=sampler,
+            drop_last=False,
+            loader=ResumableLoader,
+            progress=self._epoch_progress,
+        )
+
+    def _epoch_progress(self) -> dict[str, int]:
+        """The epoch and how many of its batches were trained (what a mid-epoch resume must skip)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {"epoch": 0, "completed": 0}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "completed": int(progress.completed)}
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None

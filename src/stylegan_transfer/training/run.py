@@ -24,6 +24,7 @@ import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from stylegan_transfer.atomic import sweep_stale
@@ -35,6 +36,7 @@ from stylegan_transfer.networks import DISCRIMINATORS, GENERATORS
 from stylegan_transfer.perceptual import VGGWeightsError
 from stylegan_transfer.training.callbacks import (
     AtomicCheckpointIO,
+    CheckpointOnException,
     ExportBestGenerators,
     ExportMetadata,
     KIDEvaluation,
@@ -51,6 +53,17 @@ ASSETS = DEMO_ROOT.parent
 class ConfigError(ValueError):
     """A configuration that composes but cannot be built, or a setting that is invalid or would train
     nothing; the message names the key and the override that fixes it."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by SIGTERM or Ctrl-C; `exit_code` is the conventional 128 + signal number and
+    `status` ("interrupted") is what result.json records."""
+
+    status = "interrupted"
+
+    def __init__(self, message: str, *, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # one clear line, exit code 2
@@ -308,6 +321,21 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         raise
 
 
+def _interrupted_message(cause: str, trainer: L.Trainer, callbacks: list) -> str:
+    saved = [
+        Path(cb.dirpath) / "interrupted.ckpt"
+        for cb in callbacks
+        if isinstance(cb, CheckpointOnException) and (Path(cb.dirpath) / "interrupted.ckpt").is_file()
+    ]
+    where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+    if not saved:
+        return f"training stopped by {cause} at {where}; no state was saved (nothing was trained yet)"
+    return (
+        f"training stopped by {cause} at {where}; state saved to {saved[0]}: resume with ckpt_path={saved[0]} "
+        "(the epoch goes on with the batches it had not trained; only its epoch-mean metrics restart)"
+    )
+
+
 def one_line(err: BaseException) -> str:
     """The message of a user error; for one re-raised from a DataLoader worker (whose text holds the worker's
     traceback), the original message alone."""
@@ -349,6 +377,9 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as err:
         if rank_zero_only.rank == 0:
             write_result(output_dir, overrides=overrides, metric=metric, metrics=None, error=err)
+        if isinstance(err, TrainingInterrupted):  # a scheduler's stop ends a sweep too, non-zero
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(err.exit_code) from err
         if not multirun and (isinstance(err, USER_ERRORS) or hasattr(err, "user_setting")):
             print(f"error: {one_line(err)}", file=sys.stderr)  # bad input: says what to do, no traceback
             raise SystemExit(2) from err
@@ -406,6 +437,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except DataError as err:  # from a DataLoader worker: keep the message, drop the worker's traceback
             raise DataError(one_line(err)) from None
+        except SystemExit as err:  # Lightning's SIGTERMException, or its exit after Ctrl-C
+            if isinstance(err, SIGTERMException):
+                raise TrainingInterrupted(
+                    _interrupted_message("SIGTERM", trainer, callbacks), exit_code=143
+                ) from None
+            if trainer.interrupted:
+                raise TrainingInterrupted(
+                    _interrupted_message("Ctrl-C", trainer, callbacks), exit_code=130
+                ) from None
+            raise
         if trainer.global_step == 0 and not trainer.interrupted:
             raise ConfigError(
                 "no training step ran (check trainer.max_epochs, trainer.max_steps and the data); "

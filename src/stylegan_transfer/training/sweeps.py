@@ -52,7 +52,7 @@ def write_result(
     while error is not None and error.__cause__ is not None:  # Hydra wraps constructor errors
         error = error.__cause__
     payload: dict[str, Any] = {
-        "status": "failed" if error is not None else "ok",
+        "status": "ok" if error is None else getattr(error, "status", "failed"),  # or "interrupted"
         "overrides": list(overrides),
         "metric": metric,
         "value": None if value is None or not math.isfinite(value) else float(value),

@@ -1,0 +1,78 @@
+"""Issue 14, item 5: SIGTERM stops training with exit code 143 and status "interrupted" in result.json, and
+resuming from interrupted.ckpt in the middle of an epoch continues exactly like the uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+from stylegan_transfer.training.cyclegan import CycleGANModule
+from stylegan_transfer.training.run import TrainingInterrupted
+from test_resume import run, step_losses
+from test_safety_resume import data_overrides
+
+
+def test_sigterm_mid_epoch_then_resume_is_exact(compose_cfg, cyclegan_dir, tmp_path, monkeypatch):
+    overrides = data_overrides(cyclegan_dir)
+    full = step_losses(run(compose_cfg, tmp_path / "full", *overrides))
+    assert len(full) == 12  # 3 epochs x 4 batches
+
+    original = CycleGANModule.training_step
+
+    def terminated(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 1:  # the scheduler's SIGTERM, mid-epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CycleGANModule, "training_step", terminated)
+    with pytest.raises(TrainingInterrupted) as err:
+        run(compose_cfg, tmp_path / "stopped", *overrides)
+    monkeypatch.setattr(CycleGANModule, "training_step", original)
+    interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
+    assert err.value.exit_code == 143 and f"ckpt_path={interrupted}" in str(err.value)
+    state = torch.load(interrupted, weights_only=True)
+    assert (
+        state["epoch"] == 1
+        and state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 2
+    )
+
+    resumed = step_losses(run(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}"))
+    assert len(resumed) >= 6  # the rest of epoch 1, and epoch 2
+    for step, values in resumed.items():
+        assert values == pytest.approx(full[step], rel=1e-6, abs=1e-7), f"step {step}"
+
+
+@pytest.mark.slow
+def test_train_py_exits_143_on_sigterm_and_records_the_status(cyclegan_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(REPO / "src")}
+    args = [*data_overrides(cyclegan_dir), "model.epochs_constant=400", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(
+        [sys.executable, "train.py", "debug=tiny", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = time.monotonic()
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.monotonic() - started < 120:
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped by SIGTERM" in errors[0] and "interrupted.ckpt" in errors[0]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "interrupted"
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
