@@ -97,7 +97,6 @@ class CycleGANModule(AdversarialModule):
             init_gain=init_gain,
         )
         settings.count("pool_size", pool_size)
-        settings.count("batch_size", batch_size, low=1)
         if gan_mode not in losses.GAN_MODES:
             raise ValueError(f"unknown gan_mode {gan_mode!r}; choose one of {losses.GAN_MODES}")
         if not 0.0 <= ema_decay < 1.0:
