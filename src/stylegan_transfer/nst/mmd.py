@@ -53,6 +53,29 @@ def median_bandwidth(samples: torch.Tensor) -> float:
     return float((sq.mean() / 2).sqrt().clamp_min(1e-8))
 
 
+def poly2_mmd2(
+    x: torch.Tensor,  # (N, D)
+    targets: Sequence[torch.Tensor],  # per style (M_k, D)
+    weights: Sequence[float],
+    *,
+    offset: float = 0.0,
+) -> torch.Tensor:
+    """MMD² for k = (x·y + offset)², exactly and without N×M matrices: with second moments
+    M = SᵀS / |S| and means μ, it is ||M_x - Σ w_k M_k||²_F + 2·offset·||μ_x - Σ w_k μ_k||² (weights sum
+    to 1). O(N·D²): every position counts, at the cost of the Gram loss it equals (offset 0)."""
+    x = x.float()
+    m_x, mu_x = x.T @ x / x.shape[0], x.mean(0)
+    m_mix = sum(w * (t.float().T @ t.float()) / t.shape[0] for w, t in zip(weights, targets, strict=True))
+    mu_mix = sum(w * t.float().mean(0) for w, t in zip(weights, targets, strict=True))
+    return ((m_x - m_mix) ** 2).sum() + 2 * offset * ((mu_x - mu_mix) ** 2).sum()
+
+
+def fourier_features(samples: torch.Tensor, projection: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """Random Fourier features (Rahimi & Recht 2007): φ(s) = sqrt(2/R) cos(s W + b), so that
+    φ(x)·φ(y) ≈ exp(-||x - y||² / (2σ²)) when W ~ N(0, 1/σ²) (D, R) and b ~ U(0, 2π) (R,). (N, D) -> (N, R)."""
+    return (2.0 / projection.shape[1]) ** 0.5 * torch.cos(samples.float() @ projection + phase)
+
+
 def mmd2(
     x: torch.Tensor,  # (N, D) samples of the image
     targets: Sequence[torch.Tensor],  # per style (M_k, D) samples
@@ -69,6 +92,8 @@ def mmd2(
     if kernel == "linear":  # closed form, no N×M matrices: ||mean x - Σ w_k mean s_k||²
         mix = sum(w * t.float().mean(0) for w, t in zip(weights, targets, strict=True))
         return ((x.float().mean(0) - mix) ** 2).sum()
+    if kernel == "poly" and degree == 2:  # closed form too (the Gram loss's kernel)
+        return poly2_mmd2(x, targets, weights, offset=offset)
     total = kernel_matrix(x, x, kernel, **kw).mean()
     for wk, sk in zip(weights, targets, strict=True):
         total = total - 2 * wk * kernel_matrix(x, sk, kernel, **kw).mean()
@@ -94,11 +119,14 @@ def mmd_style_loss(
     `target_features[l]` is one tensor (its batch pooled into one sample set) or a list with one tensor per
     style, mixed by `weights`. `bandwidth=None` picks `median_bandwidth` of the first style's samples.
     `max_samples` draws that many random positions per set (with `generator`) to bound the N×M kernel matrices;
-    the linear kernel never needs it.
+    the linear and quadratic kernels (closed forms) never need it. The draw is fresh at every call: an optimiser that needs one fixed
+    objective (L-BFGS) should draw once and call `mmd2`, as `nst.stylize.StyleObjective` does per scale.
     """
 
+    exact = kernel == "linear" or (kernel == "poly" and degree == 2)  # closed forms: no matrices to bound
+
     def draw(samples: torch.Tensor) -> torch.Tensor:
-        if max_samples is None or kernel == "linear" or samples.shape[0] <= max_samples:
+        if max_samples is None or exact or samples.shape[0] <= max_samples:
             return samples
         index = torch.randperm(samples.shape[0], generator=generator)[:max_samples].to(samples.device)
         return samples[index]

@@ -65,7 +65,7 @@ class StyleSettings:
     degree: int = 2
     offset: float = 0.0
     bandwidth: float | None = None  # Gaussian σ; None = per layer from the style (median heuristic)
-    max_samples: int | None = 1024  # MMD positions drawn per layer and call (non-linear kernels)
+    max_samples: int | None = 1024  # MMD positions per layer, drawn once per scale (non-linear kernels)
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     iterations: int = 300  # per scale
     lr: float = 1.0  # L-BFGS step scale; for Adam something like 0.02 (pixels live in [-1, 1])
@@ -138,9 +138,51 @@ class StyleObjective(nn.Module):
             self.content_norms = [
                 float((t**2).mean()) if settings.normalize_losses else 1.0 for t in self.content_targets
             ]
+            if settings.style_loss == "mmd":
+                self._fix_mmd_samples([f.shape for f in vgg(content)[n_content:]])
             self.style_norms = [
                 self._style_norm(i) if settings.normalize_losses else 1.0 for i in range(n_style)
             ]
+
+    def _fix_mmd_samples(self, image_shapes: Sequence[torch.Size]) -> None:
+        """Fix, once per scale, everything random in the MMD objective: L-BFGS needs the same objective at
+        every evaluation (a fresh draw of positions per call made it chase noise). Every position of the
+        image counts: linear and quadratic kernels have closed forms; the Gaussian kernel uses
+        `max_samples` random Fourier features drawn here; other polynomial degrees compare a subset of
+        `max_samples` positions drawn here (of the image and of each style)."""
+        s, limit = self.settings, self.settings.max_samples
+        self.exact = s.kernel == "linear" or (s.kernel == "poly" and s.degree == 2)
+
+        def subset(count: int) -> torch.Tensor | None:
+            if self.exact or s.kernel == "gaussian" or limit is None or count <= limit:
+                return None
+            return torch.randperm(count, generator=self.generator)[:limit]
+
+        self.image_positions = [subset(shape[0] * shape[2] * shape[3]) for shape in image_shapes]
+        self.style_samples: list[list[torch.Tensor]] = []  # [layer][style] (M, C)
+        for layer in self.style_targets:
+            samples = [mmd.feature_samples(t) for t in layer]
+            self.style_samples.append([x if (i := subset(x.shape[0])) is None else x[i] for x in samples])
+        self.bandwidths: list[float] = []
+        self.fourier: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (W, b, target mean φ)
+        for samples in self.style_samples:
+            sigma = s.bandwidth or 1.0
+            if s.kernel == "gaussian" and s.bandwidth is None:
+                some = samples[0][
+                    torch.randperm(samples[0].shape[0], generator=self.generator)[: limit or 1024]
+                ]
+                sigma = mmd.median_bandwidth(some)
+            self.bandwidths.append(sigma)
+            if s.kernel == "gaussian":
+                features, device = samples[0].shape[1], samples[0].device
+                count = limit or 1024
+                projection = (torch.randn(features, count, generator=self.generator) / sigma).to(device)
+                phase = (torch.rand(count, generator=self.generator) * 2 * math.pi).to(device)
+                target = sum(
+                    w * mmd.fourier_features(x, projection, phase).mean(0)
+                    for w, x in zip(self.style_weights, samples, strict=True)
+                )
+                self.fourier.append((projection, phase, target))
 
     def _mmd_kwargs(self) -> dict:
         s = self.settings
@@ -151,17 +193,14 @@ class StyleObjective(nn.Module):
             return max(float((self.target_grams[layer] ** 2).sum()), 1e-12)
         # the style's kernel self-similarity Σ_kl w_k w_l mean k(s_k, s_l): MMD² against an all-zero image
         # would be this for the linear and polynomial (offset 0) kernels
-        samples = [mmd.feature_samples(t) for t in self.style_targets[layer]]
-        limit = self.settings.max_samples
-        if limit is not None:
-            samples = [s[torch.randperm(s.shape[0], generator=self.generator)[:limit]] for s in samples]
-        kw = self._mmd_kwargs()
-        if kw["kernel"] == "gaussian" and kw["bandwidth"] is None:
-            kw["bandwidth"] = mmd.median_bandwidth(samples[0])
-        kw["bandwidth"] = kw["bandwidth"] or 1.0
-        if kw["kernel"] == "linear":
-            mix = sum(w * s.mean(0) for w, s in zip(self.style_weights, samples, strict=True))
-            return max(float((mix**2).sum()), 1e-12)
+        samples = self.style_samples[layer]
+        if self.settings.kernel == "gaussian":  # ||Σ w_k mean φ(s_k)||² ≈ Σ_kl w_k w_l mean k(s_k, s_l)
+            return max(float((self.fourier[layer][2] ** 2).sum()), 1e-12)
+        kw = {**self._mmd_kwargs(), "bandwidth": self.bandwidths[layer]}
+        if self.exact:  # MMD² against an all-zero image, in closed form (offset² for the poly kernel)
+            zero = samples[0].new_zeros(1, samples[0].shape[1])
+            base = kw["offset"] ** 2 if kw["kernel"] == "poly" else 0.0
+            return max(float(mmd.mmd2(zero, samples, self.style_weights, **kw)) + base, 1e-12)
         total = sum(
             wk * wl * float(mmd.kernel_matrix(sk, sl, **kw).mean())
             for wk, sk in zip(self.style_weights, samples, strict=True)
@@ -182,14 +221,15 @@ class StyleObjective(nn.Module):
             if s.style_loss == "gram":
                 term = losses.gram_distance(f, self.target_grams[i])
             else:
-                term = mmd.mmd_style_loss(
-                    [f],
-                    [self.style_targets[i]],
-                    self.style_weights,
-                    max_samples=s.max_samples,
-                    generator=self.generator,
-                    **self._mmd_kwargs(),
-                )
+                x = mmd.feature_samples(f)  # (N, C)
+                if s.kernel == "gaussian":
+                    projection, phase, target = self.fourier[i]
+                    term = ((mmd.fourier_features(x, projection, phase).mean(0) - target) ** 2).sum()
+                else:
+                    if self.image_positions[i] is not None:
+                        x = x[self.image_positions[i].to(x.device)]
+                    kw = {**self._mmd_kwargs(), "bandwidth": self.bandwidths[i]}
+                    term = mmd.mmd2(x, self.style_samples[i], self.style_weights, **kw)
             style = style + self.layer_weights[i] * term / self.style_norms[i]
         tv = losses.total_variation(image)
         total = s.content_weight * content + s.style_weight * style + s.tv_weight * tv
