@@ -94,6 +94,13 @@ def sample_grid(images: dict[str, torch.Tensor]) -> torch.Tensor:
     return make_grid(rows.flatten(0, 1), nrow=len(GRID_COLUMNS), padding=2, pad_value=1.0)
 
 
+def logged_step(trainer: L.Trainer) -> int:
+    """The step Lightning logs metrics at: batches trained. `trainer.global_step` counts optimiser steps,
+    two per CycleGAN batch (generators, then discriminators), so images logged at it sat at twice the x of
+    the scalars on W&B's `trainer/global_step` axis."""
+    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
 class SampleGrid(L.Callback):
     """Translates the fixed validation batch after each validation and saves/logs the grid (rank 0)."""
 
@@ -120,7 +127,7 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(
-                    "val/samples", [grid], step=trainer.global_step, caption=[" | ".join(GRID_COLUMNS)]
+                    "val/samples", [grid], step=logged_step(trainer), caption=[" | ".join(GRID_COLUMNS)]
                 )
 
 

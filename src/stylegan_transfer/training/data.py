@@ -162,11 +162,12 @@ class UnpairedDataset(Dataset):
     ) -> None:
         if not files_a or not files_b:
             raise DataError("both domains need at least one image")
-        self.files_a, self.files_b = list(files_a), list(files_b)
+        # max_dataset_size: the first files of each domain, as in the CycleGAN reference (a subset of the
+        # data, not a number of samples per epoch); an epoch visits every file of the larger domain once
+        limit = max_dataset_size if max_dataset_size is not None else None
+        self.files_a, self.files_b = list(files_a)[:limit], list(files_b)[:limit]
         self.augment, self.seed = augment, seed
         self.length = max(len(self.files_a), len(self.files_b))
-        if max_dataset_size is not None:
-            self.length = min(self.length, max_dataset_size)
         self._perm_epoch, self._perm = -1, np.arange(0)
         self._bad = bad_files if bad_files is not None else BadFiles([*self.files_a, *self.files_b])
 
