@@ -107,6 +107,8 @@ def vgg_features_module(arch: str = "vgg19", *, width_divisor: int = 1) -> nn.Se
 
 
 def _features_state_dict(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        state = {}  # not a state dict at all: the message below says what is expected
     if any(k.startswith("features.") for k in state):
         state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     if not state or not all(k.split(".")[0].isdigit() for k in state):
@@ -163,16 +165,20 @@ def load_vgg_features(arch: str = "vgg19", *, weights_path: str | Path | None = 
             )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle errors, truncated zip, foreign format
-            raise VGGWeightsError(f"could not read VGG weights from {path}: {err}") from err
+        except Exception as err:  # pickle errors, truncated zip, foreign format (torch's text spans lines)
+            raise VGGWeightsError(
+                f"could not read VGG weights from {path} ({type(err).__name__}): it must be a torchvision VGG "
+                "state dict (.pth) or the quantised Caffe .bin, holding plain tensors only (never unpickled)."
+            ) from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         caffe = is_caffe_quantised(state)
         converted = _caffe_state_dict(state, arch, path) if caffe else _features_state_dict(state, path)
         try:
             features.load_state_dict(converted)
-        except RuntimeError as err:
-            raise VGGWeightsError(f"{path} does not match torchvision's {arch} layout: {err}") from err
+        except (RuntimeError, TypeError, ValueError) as err:
+            detail = " ".join(str(err).split())[:300]
+            raise VGGWeightsError(f"{path} does not match torchvision's {arch} layout: {detail}") from None
         features.input_norm = CAFFE_NORM if caffe else TORCHVISION_NORM
         return features
 
