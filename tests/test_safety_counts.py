@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import torch
 
-from conftest import quiet_trainer
+from helpers import quiet_trainer
 from stylegan_transfer.training import callbacks
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.data import UnpairedDataModule

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import write_images
+from helpers import write_images
 from stylegan_transfer.inference import export
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.generator_file import (

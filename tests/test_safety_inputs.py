@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_images
+from helpers import write_images
 from stylegan_transfer import images
 from stylegan_transfer.datasets import DataError
 from stylegan_transfer.images import FolderError, list_images
@@ -154,7 +154,10 @@ def test_a_domain_whose_files_all_fail_to_decode_is_one_refusal_with_workers(tmp
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"no image of {tmp_path / 'B'} could be decoded" in errors[0]
+    assert (
+        len(errors) == 1 and str(tmp_path / "B") in errors[0]
+    )  # (KID's fixed subset or training refuses it)
+    assert "could be decoded" in errors[0] or "readable images" in errors[0]
     for path in bad:  # named once per run, whichever worker met it first
         assert sum(f"skipping {path}:" in line for line in logged(result)) == 1
 

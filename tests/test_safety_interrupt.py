@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.run import TrainingInterrupted
 from test_resume import run, step_losses

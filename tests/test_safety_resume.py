@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from stylegan_transfer.training.callbacks import AtomicCheckpointIO
 from stylegan_transfer.training.resume import ResumeError
 from stylegan_transfer.training.run import train

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from helpers import REPO
 from stylegan_transfer.inference import tiling
 from stylegan_transfer.inference.generator_file import save_generator
 from stylegan_transfer.networks import build_generator, init_weights

@@ -25,6 +25,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from stylegan_transfer.atomic import atomic_path
+from stylegan_transfer.datasets import DataError
 from stylegan_transfer.images import load_rgb, save_image, to_image, to_tensor
 from stylegan_transfer.inference.checkpoint import EMA_SUFFIX, EXPORT_METADATA_KEY, ROLES
 from stylegan_transfer.inference.export import export_checkpoint
@@ -286,13 +287,31 @@ class KIDEvaluation(L.Callback):
         if self.inputs is None:
             datamodule = trainer.datamodule
             files_a, files_b = datamodule.evaluation_files(self.num_images)
-            self.prepare(files_a, files_b, size=int(datamodule.augment.crop_size))
+            bad = getattr(datamodule, "bad_files", None)  # shared with training: each bad file named once
+            self.prepare(files_a, files_b, size=int(datamodule.augment.crop_size), bad_files=bad)
 
-    def prepare(self, files_a: list[Path], files_b: list[Path], *, size: int) -> None:
-        """Load the fixed inputs (domain A) and targets (domain B), square-resized like validation images."""
+    def prepare(self, files_a: list[Path], files_b: list[Path], *, size: int, bad_files=None) -> None:
+        """Load the fixed inputs (domain A) and targets (domain B), square-resized like validation images.
+        Files that fail to decode are skipped (warned once per run when `bad_files`, a `data.BadFiles`)."""
 
         def load(files: list[Path]) -> torch.Tensor:
-            images = [to_tensor(load_rgb(p).resize((size, size), Image.BICUBIC)) for p in files]
+            images = []
+            for path in files:
+                if bad_files is not None and path in bad_files:
+                    continue
+                try:
+                    images.append(to_tensor(load_rgb(path).resize((size, size), Image.BICUBIC)))
+                except Exception as err:  # damaged data: skipped like in training
+                    if bad_files is not None:
+                        bad_files.report(path, err)
+                    else:
+                        log.warning("KID: skipping %s: %s: %s", path, type(err).__name__, err)
+            if len(images) < 2:
+                folder = files[0].parent if files else "?"
+                raise DataError(
+                    f"KID evaluation needs at least 2 readable images of {folder}, found {len(images)}; add "
+                    "images, or select by another metric: callbacks.kid=null callbacks.best.monitor=val/cycle_l1"
+                )
             return torch.stack(images)  # (N, 3, size, size)
 
         self.inputs, self._targets = load(files_a), load(files_b)
@@ -333,7 +352,10 @@ class KIDEvaluation(L.Callback):
         return scores
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self.due(trainer.current_epoch, trainer.max_epochs):
+        if trainer.sanity_checking:
+            return
+        # a resumed run has no value yet: score now, or a checkpoint monitoring val/kid finds none
+        if not self.due(trainer.current_epoch, trainer.max_epochs) and "val/kid" in trainer.callback_metrics:
             return
         started = time.perf_counter()
         scores = self.evaluate(pl_module)

@@ -321,6 +321,7 @@ class UnpairedDataModule(L.LightningDataModule):
         self.download, self.dataset, self.max_pixels = download, dataset, max_pixels
         self.train_set: UnpairedDataset | None = None
         self.val_set: PairedEvalDataset | None = None
+        self.bad_files: BadFiles | None = None
         self._scanned: dict[Path, list[Path]] = {}
 
     def _folders(self, split: str) -> tuple[Path, Path]:
@@ -411,6 +412,7 @@ class UnpairedDataModule(L.LightningDataModule):
         test = None if explicit else self._files("test", required=False)
         val_a, val_b = test if test is not None else (files_a, files_b)
         bad = BadFiles([*files_a, *files_b, *val_a, *val_b])  # one warning per bad file per run
+        self.bad_files = bad  # also used by the KID callback
         self.train_set = UnpairedDataset(
             files_a,
             files_b,
