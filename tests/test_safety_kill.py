@@ -63,7 +63,7 @@ def test_random_kills_never_break_the_resume_point(compose_cfg, cyclegan_dir, tm
     cfg = compose_cfg(*data_overrides(cyclegan_dir), "model.epochs_constant=400", "model.epochs_decay=0")
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    stale_seen, kills, deadline = set(), 0, time.monotonic() + 70
+    kills, deadline = 0, time.monotonic() + 70
     while kills < 8 and time.monotonic() < deadline:
         with open_dict(cfg):
             cfg.ckpt_path = str(last) if last.exists() else None
@@ -79,12 +79,85 @@ def test_random_kills_never_break_the_resume_point(compose_cfg, cyclegan_dir, tm
         process.join()
         kills += 1
         assert intact(last), f"last.ckpt broken after kill {kills}"
-        stale_seen |= {p.name for p in ckpt_dir.iterdir() if TMP_NAME.match(p.name)}
         assert find_resume_point(last) == last
         assert not [p for p in ckpt_dir.iterdir() if TMP_NAME.match(p.name)]  # swept: their process is dead
     assert kills >= 4
     epochs = torch.load(last, weights_only=True)["epoch"]
     assert epochs >= kills  # every resumed run went on from where the killed one stopped
+
+
+def _train_killed_at_second_link(cfg_yaml: str, link_function: str) -> None:
+    """train() killed (SIGKILL, no clean-up) the moment it links last.ckpt for the second time (epoch 1):
+    the new epoch file is saved and the old one removed, the link not yet replaced."""
+    real = getattr(os, link_function)
+    calls: list[str] = []
+
+    def link_then_die(src, dst, *args, **kwargs):
+        if "last" in os.path.basename(dst):
+            calls.append(dst)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(src, dst, *args, **kwargs)
+
+    setattr(os, link_function, link_then_die)
+    _train_child(cfg_yaml)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "checkpoint_class, link_function, survives",
+    [
+        ("stylegan_transfer.training.callbacks.ResumeCheckpoint", "link", True),
+        # the control: Lightning's own save_last=link removes last.ckpt before re-linking it
+        ("lightning.pytorch.callbacks.ModelCheckpoint", "symlink", False),
+    ],
+)
+def test_a_kill_while_last_is_relinked(compose_cfg, cyclegan_dir, checkpoint_class, link_function, survives):
+    cfg = compose_cfg(
+        *data_overrides(cyclegan_dir),
+        "trainer.max_epochs=2",
+        f"callbacks.checkpoint._target_={checkpoint_class}",
+    )
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    process = fork_server().Process(
+        target=_train_killed_at_second_link, args=(OmegaConf.to_yaml(cfg, resolve=True), link_function)
+    )
+    process.start()
+    process.join(timeout=240)
+    assert process.exitcode == -signal.SIGKILL  # killed at the link, not finished
+    epoch_file = folder / "epoch_0001.ckpt"
+    assert intact(epoch_file) and not (folder / "epoch_0000.ckpt").exists()  # the moment of the kill
+    last = folder / "last.ckpt"
+    assert intact(last) == survives
+    if survives:  # the previous resume point, whole (a hard link keeps the removed epoch file's data)
+        assert torch.load(last, weights_only=True)["epoch"] == 0
+        assert find_resume_point(last) == last
+    else:  # Lightning's link was gone: resume still finds the newest intact checkpoint
+        assert find_resume_point(last) == epoch_file
+
+
+def test_training_start_removes_temporary_files_of_dead_processes_only(compose_cfg, cyclegan_dir):
+    cfg = compose_cfg(*data_overrides(cyclegan_dir), "trainer.max_epochs=1")
+    run_dir = Path(cfg.paths.output_dir)
+    dead, alive = _dead_pid(), os.getppid()
+    stale = [
+        run_dir / "checkpoints" / f".last.tmp-{dead}.ckpt",
+        run_dir / "checkpoints" / f".epoch_0003.tmp-{dead}.ckpt",
+        run_dir / f".result.tmp-{dead}.json",
+        run_dir / "export" / f".g_ab.tmp-{dead}.safetensors",
+        run_dir / "samples" / f".epoch_0002.tmp-{dead}.png",
+    ]
+    kept = [
+        run_dir / "checkpoints" / f".last.tmp-{alive}.ckpt",  # another process still writing it
+        run_dir / "checkpoints" / "notes.txt",
+        run_dir / "export" / f"tmp-{dead}.safetensors",  # not one of our temporary names
+    ]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    train(cfg)
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.read_bytes() == b"partial" for p in kept)
 
 
 def test_a_broken_last_checkpoint_falls_back_to_the_newest_intact_one(compose_cfg, cyclegan_dir, caplog):

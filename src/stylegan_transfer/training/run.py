@@ -418,8 +418,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [RNGState(), metadata]  # exact resume and self-describing checkpoints, whatever the config
     selected_by = select_by_quality(callbacks, getattr(module, "fallback_metric", FALLBACK_METRIC))
-    for folder in {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)}:
-        sweep_stale(folder)  # temporary files of runs killed while saving
+    # temporary files of runs killed while saving (checkpoints, samples, exports, result.json)
+    folders = {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)}
+    for folder in folders | {output_dir, output_dir / "export"}:
+        sweep_stale(folder)
     uses_wandb = _prepare_wandb(cfg.get("logger"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = build(
