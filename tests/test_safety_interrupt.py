@@ -15,7 +15,7 @@ import torch
 
 from helpers import REPO
 from stylegan_transfer.training.cyclegan import CycleGANModule
-from stylegan_transfer.training.run import TrainingInterrupted
+from stylegan_transfer.training.run import TrainingInterrupted, run_job
 from test_resume import run, step_losses
 from test_safety_resume import data_overrides
 
@@ -76,3 +76,26 @@ def test_train_py_exits_143_on_sigterm_and_records_the_status(cyclegan_dir, tmp_
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "interrupted"
     assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+
+
+def test_ctrl_c_exits_130_with_status_interrupted(compose_cfg, cyclegan_dir, tmp_path, monkeypatch, capsys):
+    original = CycleGANModule.training_step
+
+    def pressed(self, batch, batch_idx):
+        if self.current_epoch == 0 and batch_idx == 1:  # Ctrl-C, mid-epoch
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CycleGANModule, "training_step", pressed)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # Lightning ignores SIGINT from then on
+    cfg = compose_cfg(*data_overrides(cyclegan_dir))
+    run_dir = tmp_path / "stopped"
+    cfg.paths.output_dir = str(run_dir)
+    with pytest.raises(SystemExit) as exit_:
+        run_job(cfg)
+    assert exit_.value.code == 130
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped by Ctrl-C" in errors[0] and "interrupted.ckpt" in errors[0]
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "interrupted"
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+    assert not (run_dir / "export").exists()  # nothing half-trained exported as if it were done
