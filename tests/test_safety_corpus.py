@@ -24,6 +24,7 @@ from stylegan_transfer.metrics import evaluate
 from stylegan_transfer.networks import build_generator
 from stylegan_transfer.nst import cli as stylize_cli
 from stylegan_transfer.training.run import run_job
+from test_datasets import server  # noqa: F401  (the loopback HTTP server fixture)
 from test_safety_resume import data_overrides
 from test_stylize import tiny_vgg
 
@@ -276,6 +277,19 @@ def test_download_archives_placed_by_hand(sandbox, capsys, case):
     check(lambda: datasets.main(argv), expected=2, name=archive, root=root, out=out, capsys=capsys)
     assert archive.read_bytes() == data  # the user's file is kept
     assert sorted(p.name for p in out.iterdir()) == ["facades.zip"]  # nothing extracted
+    assert not (root / "escape.txt").exists()
+
+
+@pytest.mark.parametrize("case", ARCHIVE_CASES)
+def test_download_archives_over_http(sandbox, capsys, server, case):  # noqa: F811
+    root, out, _ = sandbox
+    server.files = {"/facades.zip": bad_inputs.archives()[case]}
+    argv = ["facades", "--data-dir", str(out), "--base-url", server.url, "--timeout", "5"]
+    line = check(
+        lambda: datasets.main(argv), expected=2, name=out / "facades.zip", root=root, out=out, capsys=capsys
+    )
+    assert "deleted it" in line  # the tool's own download: removed, so that a rerun fetches it again
+    assert list(out.rglob("*")) == []  # nothing extracted, no partial file, no temporary folder
     assert not (root / "escape.txt").exists()
 
 

@@ -418,7 +418,7 @@ def download_dataset(
         if downloaded:  # a corrupt archive would otherwise be reused on every run
             archive.unlink(missing_ok=True)
             raise DownloadError(
-                f"{err}; deleted it, rerun to download again.\n{_manual_hint(url, archive, target)}"
+                f"{err}; deleted it, rerun to download again. {_manual_hint(url, archive, target)}"
             ) from None
         raise DownloadError(f"{err}; it was placed there by hand: replace or remove it.") from None
     _extract(archive, prefix, target)
