@@ -91,8 +91,10 @@ def snapshot(root: Path, *, skip: Path) -> dict[str, str]:
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
-    """tmp_path as the working folder (a payload would drop its marker here), an output folder, inputs."""
+    """tmp_path as the working folder (a payload would drop its marker here), an output folder, inputs.
+    The environment asks torch to unpickle (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1): no entry point may obey."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     good = write_images(tmp_path / "photos", 2)
     out = tmp_path / "out"
     return tmp_path, out, good
