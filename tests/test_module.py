@@ -1,6 +1,8 @@
 import copy
+import inspect
 import itertools
 
+import hydra
 import lightning as L
 import pytest
 import torch
@@ -20,6 +22,7 @@ from helpers import (
 )
 from stylegan_transfer.image_pool import ImagePool
 from stylegan_transfer.perceptual import VGGFeatures
+from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.optim import linear_decay_factor
 
 NETWORKS = ("g_ab", "g_ba", "d_a", "d_b")
@@ -120,6 +123,51 @@ def reference_run(nets, batches, *, mode, lambda_cycle, lambda_identity, pool_si
             }
         )
     return steps, history_used
+
+
+# The 2017 paper's CycleGAN: what experiment=paper_cyclegan and CycleGANModule's own defaults must both say.
+PAPER_MODULE = {
+    "init_type": "normal", "init_gain": 0.02, "gan_mode": "lsgan", "lambda_cycle": 10.0, "lambda_identity": 0.5,
+    "lr": 0.0002, "beta1": 0.5, "beta2": 0.999, "pool_size": 50, "diffaugment": "", "ema_decay": 0.0,
+    "lambda_r1": 0.0, "lambda_content": 0.0, "lambda_style": 0.0, "lambda_tv": 0.0,
+    "lambda_cycle_perceptual": 0.0, "lambda_identity_perceptual": 0.0,
+}  # fmt: skip
+PAPER_GENERATOR = {
+    "arch": "resnet",
+    "norm": "instance",
+    "upsample": "transpose",
+    "antialias": False,
+    "dropout": False,
+}
+PAPER_DISCRIMINATOR = {
+    "arch": "patch",
+    "n_layers": 3,
+    "norm": "instance",
+    "antialias": False,
+    "spectral_norm": False,
+}
+
+
+def test_module_defaults_are_the_papers():
+    """The reference test below builds the module with its signature defaults: those must be the paper's."""
+    params = inspect.signature(CycleGANModule).parameters
+    assert {k: params[k].default for k in PAPER_MODULE} == PAPER_MODULE
+
+
+def test_paper_experiment_restores_every_paper_setting(compose_cfg):
+    default = compose_cfg().model
+    assert (
+        default.generator.upsample != "transpose" and default.ema_decay > 0
+    )  # the framework's recipe differs
+    cfg = compose_cfg("experiment=paper_cyclegan").model
+    tiny_pool = {"pool_size": cfg.pool_size}  # the test size (compose_cfg) shrinks the image pool
+    assert {k: cfg[k] for k in PAPER_MODULE} == PAPER_MODULE | tiny_pool
+    assert {k: cfg.generator[k] for k in PAPER_GENERATOR} == PAPER_GENERATOR
+    assert {k: cfg.discriminator[k] for k in PAPER_DISCRIMINATOR} == PAPER_DISCRIMINATOR
+    module = hydra.utils.instantiate(cfg)
+    kinds = {type(m).__name__ for m in module.modules()}
+    assert "ConvTranspose2d" in kinds and not kinds & {"BlurPool2d", "BlurUpsample2d"}
+    assert not hasattr(module, "g_ab_ema")
 
 
 @pytest.mark.parametrize("gan_mode", ["lsgan", "vanilla", "hinge"])
