@@ -45,14 +45,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def conv_peak_tflops(device: torch.device, dtype: torch.dtype, reps: int = 5) -> float:
-    """Best achieved TFLOP/s of a 256-channel 3x3 convolution at 64x64 (ResNet-9's residual-block shape).
+def conv_peak_tflops(device: torch.device, dtype: torch.dtype, channels: int = 256, reps: int = 5) -> float:
+    """Best achieved TFLOP/s of a `channels`-channel 3x3 convolution at 64x64 (256: ResNet-9's residual-block
+    shape; smaller for quick runs, as a dtype without native support is emulated and slow).
 
     On CPUs oneDNN's convolutions can beat the BLAS matmul, so the peak used for MFU is the better of the two.
     """
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dtype)
-    x = torch.randn(4, 256, 64, 64, device=device, dtype=dtype)
-    flops = 2 * 4 * 256 * 256 * 9 * 64 * 64
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device, dtype)
+    x = torch.randn(4, channels, 64, 64, device=device, dtype=dtype)  # (B, C, H, W)
+    flops = 2 * 4 * channels * channels * 9 * 64 * 64
     with torch.no_grad():
         conv(x)  # warm up
         sync(device)
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "bfloat16": matmul_peak_tflops(device, torch.bfloat16, args.matmul_size),
     }
     conv_peaks = {
-        name: conv_peak_tflops(device, dtype)
+        name: conv_peak_tflops(device, dtype, channels=min(256, max(16, args.matmul_size // 8)))
         for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
     }
     peaks = {
