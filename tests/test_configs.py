@@ -113,14 +113,6 @@ ALLOWED_DIFFERENCES = {
     ("model/fastcut.yaml", "flip_equivariance"),
     ("model/fastcut.yaml", "epochs_constant"),  # FastCUT's schedule is the CUT code's 150 + 50 epochs
     ("model/fastcut.yaml", "epochs_decay"),
-    # The framework's default recipe (docs/quality.md): the network classes and CycleGANModule keep the paper's
-    # defaults, so Python callers and experiment=paper_cyclegan get the paper and older generator files rebuild
-    # unchanged; the YAML files add anti-aliased sampling, Xavier init and the generators' EMA.
-    ("model/generator/resnet.yaml", "upsample"),
-    ("model/generator/resnet.yaml", "antialias"),
-    ("model/discriminator/patch.yaml", "antialias"),
-    ("model/cyclegan.yaml", "init_type"),
-    ("model/cyclegan.yaml", "ema_decay"),
 }
 NETWORK_GROUPS = {"model/generator": GENERATORS, "model/discriminator": DISCRIMINATORS}
 HYDRA_KEYS = {"_target_", "_convert_", "_recursive_", "_partial_", "_args_"}

@@ -155,10 +155,6 @@ def test_module_defaults_are_the_papers():
 
 
 def test_paper_experiment_restores_every_paper_setting(compose_cfg):
-    default = compose_cfg().model
-    assert (
-        default.generator.upsample != "transpose" and default.ema_decay > 0
-    )  # the framework's recipe differs
     cfg = compose_cfg("experiment=paper_cyclegan").model
     tiny_pool = {"pool_size": cfg.pool_size}  # the test size (compose_cfg) shrinks the image pool
     assert {k: cfg[k] for k in PAPER_MODULE} == PAPER_MODULE | tiny_pool
