@@ -23,10 +23,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from helpers import TINY_G_KWARGS
 from stylegan_transfer.inference.generator_file import read_metadata, save_generator
 from stylegan_transfer.networks import build_generator
 
-TINY = {"channels": 4, "n_blocks": 1}
+TINY = TINY_G_KWARGS  # the tiny ResNet generator's constructor arguments
 MARKER = "PWNED"  # what a payload would create if it ever ran
 
 

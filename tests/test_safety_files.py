@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import write_images
+from helpers import TINY_G_KWARGS, write_images
 from stylegan_transfer.inference import export
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.generator_file import (
@@ -31,7 +31,7 @@ from stylegan_transfer.networks import build_generator
 
 translate = importlib.import_module("stylegan_transfer.inference.translate")  # the package exports a function
 
-TINY = {"channels": 4, "n_blocks": 1}
+TINY = TINY_G_KWARGS  # the tiny ResNet generator's constructor arguments
 
 
 @pytest.fixture

@@ -14,25 +14,21 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import write_images
+from helpers import TINY_G_KWARGS, tiny_generator_file, write_images
 from stylegan_transfer import images
 from stylegan_transfer.datasets import DataError
 from stylegan_transfer.images import FolderError, list_images
-from stylegan_transfer.inference.generator_file import save_generator
-from stylegan_transfer.networks import build_generator, init_weights
 from stylegan_transfer.training.data import UnpairedDataModule
 from test_safety_resume import train_py
 
 translate = importlib.import_module("stylegan_transfer.inference.translate")  # the package exports a function
 
-TINY = {"channels": 4, "n_blocks": 1}
+TINY = TINY_G_KWARGS  # the tiny ResNet generator's constructor arguments
 
 
 @pytest.fixture
 def export(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    generator = init_weights(build_generator("resnet", **TINY)).eval()
-    return save_generator(generator, tmp_path / "g.safetensors", arch="resnet", kwargs=TINY)
+    return tiny_generator_file(tmp_path / "g.safetensors")
 
 
 def cli(export: Path, *args: str) -> int:

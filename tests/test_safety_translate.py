@@ -16,21 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO
+from helpers import REPO, TINY_G_KWARGS, tiny_generator_file
 from stylegan_transfer.inference import tiling
-from stylegan_transfer.inference.generator_file import save_generator
-from stylegan_transfer.networks import build_generator, init_weights
+from stylegan_transfer.networks import build_generator
 
 translate = importlib.import_module("stylegan_transfer.inference.translate")  # the package exports a function
 
-TINY = {"channels": 4, "n_blocks": 1}
+TINY = TINY_G_KWARGS  # the tiny ResNet generator's constructor arguments
 
 
 @pytest.fixture
 def export(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    generator = init_weights(build_generator("resnet", **TINY)).eval()
-    return save_generator(generator, tmp_path / "g.safetensors", arch="resnet", kwargs=TINY)
+    return tiny_generator_file(tmp_path / "g.safetensors")
 
 
 def smooth_photo(path: Path, width: int, height: int) -> Path:

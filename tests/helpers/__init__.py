@@ -31,6 +31,16 @@ TINY_J = {"arch": "johnson", "channels": 4, "n_blocks": 1}
 VGG_WIDTH_DIVISOR = 16  # tiny VGG: 4, 8, 16, 32, 32 channels per block
 
 
+def tiny_generator_file(path: Path) -> Path:
+    """A tiny ResNet generator (weights drawn after `manual_seed(0)`) exported to `path` as a generator file."""
+    from stylegan_transfer.inference.generator_file import save_generator
+    from stylegan_transfer.networks import build_generator, init_weights
+
+    torch.manual_seed(0)
+    generator = init_weights(build_generator("resnet", **TINY_G_KWARGS)).eval()
+    return save_generator(generator, path, arch="resnet", kwargs=TINY_G_KWARGS)
+
+
 def tiny_cyclegan(**kwargs):
     """A CycleGANModule with the tiny networks and a pool of 2, its weights drawn after `manual_seed(0)`."""
     from stylegan_transfer.training.cyclegan import CycleGANModule
