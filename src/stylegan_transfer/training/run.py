@@ -71,8 +71,11 @@ USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError, ConfigError, Resum
 
 
 def quiet_known_warnings() -> None:
-    """Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit; nothing a user can act on."""
+    """Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit, and about modules in eval mode
+    at the start of training: the frozen VGG trunk of the perceptual terms, always eval by design
+    (`perceptual.VGGFeatures`). Nothing a user can act on."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def register_resolvers() -> None:
