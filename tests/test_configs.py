@@ -81,6 +81,7 @@ def test_paper_defaults_without_the_demo(compose_cfg):
     assert cfg.model.generator.n_blocks == 9 and cfg.model.generator.channels == 64
     assert cfg.model.lr == 2e-4 and cfg.model.beta1 == 0.5
     assert cfg.trainer.max_epochs == 200
+    assert cfg.model.lambda_content == 0.5 and cfg.model.lambda_style == 1.0  # the default recipe's VGG terms
 
 
 def test_demo_data_ships_with_its_attribution():

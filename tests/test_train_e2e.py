@@ -31,6 +31,9 @@ def test_train_py_demo_end_to_end_with_offline_wandb(tmp_path):
     assert list((run / "wandb").glob("offline-run-*")), "W&B must log offline without credentials"
     meta = load_generator(run / "export" / "g_ab.safetensors").export_metadata
     assert meta["direction"] == "photo -> painting" and meta["style"] == "demo"
+    metrics = json.loads((run / "result.json").read_text())["metrics"]
+    # the default recipe's VGG terms trained, offline, with the packaged VGG19
+    assert metrics["train/content"] > 0 and metrics["train/style"] > 0
 
 
 def test_missing_dataset_fails_fast_naming_the_folder(tmp_path):
