@@ -60,10 +60,14 @@ def intact(path: Path) -> bool:
 def test_random_kills_never_break_the_resume_point(compose_cfg, cyclegan_dir, tmp_path):
     rng = random.Random(14)
     context = fork_server()
-    cfg = compose_cfg(*data_overrides(cyclegan_dir), "model.epochs_constant=400", "model.epochs_decay=0")
+    # the default recipe's VGG terms off: this is about checkpoints, and each child should reach its first save fast
+    vgg_off = ("model.lambda_content=0", "model.lambda_style=0")
+    cfg = compose_cfg(
+        *data_overrides(cyclegan_dir), "model.epochs_constant=400", "model.epochs_decay=0", *vgg_off
+    )
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    kills, deadline = 0, time.monotonic() + 70
+    kills, deadline = 0, time.monotonic() + 150  # 8 kills take well under a minute on an idle 2-core machine
     while kills < 8 and time.monotonic() < deadline:
         with open_dict(cfg):
             cfg.ckpt_path = str(last) if last.exists() else None
@@ -83,7 +87,9 @@ def test_random_kills_never_break_the_resume_point(compose_cfg, cyclegan_dir, tm
         assert not [p for p in ckpt_dir.iterdir() if TMP_NAME.match(p.name)]  # swept: their process is dead
     assert kills >= 4
     epochs = torch.load(last, weights_only=True)["epoch"]
-    assert epochs >= kills  # every resumed run went on from where the killed one stopped
+    # every run went on from where the killed one stopped and saved at least one more epoch; the stored epoch
+    # is 0-based (the first run's first save stores 0), so `kills` runs reach at least kills - 1
+    assert epochs >= kills - 1
 
 
 def _train_killed_at_second_link(cfg_yaml: str, link_function: str) -> None:
