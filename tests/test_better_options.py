@@ -15,6 +15,7 @@ from omegaconf import open_dict
 from torch.utils.data import DataLoader
 
 from helpers import quiet_trainer
+from helpers import tiny_cyclegan as tiny
 from stylegan_transfer.inference.checkpoint import read_checkpoint
 from stylegan_transfer.inference.export import export_checkpoint
 from stylegan_transfer.inference.generator_file import load_generator, read_metadata
@@ -23,23 +24,7 @@ from stylegan_transfer.networks import ResnetGenerator
 from stylegan_transfer.perceptual import VGGFeatures, vgg_features_module
 from stylegan_transfer.training import callbacks as cb
 from stylegan_transfer.training.adversarial import ema_decay_at, update_ema
-from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.run import export_generators, train
-
-TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1}
-TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2}
-
-
-def tiny(**kwargs) -> CycleGANModule:
-    """Tiny networks; the default recipe's VGG content/style terms off unless a test turns them on."""
-    base = {
-        "generator": TINY_G,
-        "discriminator": TINY_D,
-        "pool_size": 2,
-        "lambda_content": 0.0,
-        "lambda_style": 0.0,
-    }
-    return CycleGANModule(**{**base, **kwargs})
 
 
 def fixed_batches(count: int, batch: int = 2, size: int = 32) -> list[dict[str, torch.Tensor]]:
