@@ -324,6 +324,7 @@ def execute(run: Run, commands: list[list[str]]) -> float:
     returns the wall seconds of all of them."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     run.dir.mkdir(parents=True, exist_ok=True)
+    revision = code_revision()  # of the code the run starts with
     seconds = []  # of each command; the first one trains
     with open(run.dir / "output.log", "w") as log:
         for command in commands:
@@ -340,7 +341,7 @@ def execute(run: Run, commands: list[list[str]]) -> float:
         "seconds": seconds[0],  # training alone (process start included), as the time per image reports it
         "seconds_all": sum(seconds),
         "images_seen": run.epochs * run.task.images_per_epoch,
-        "revision": code_revision(),
+        "revision": revision,
         "commands": [shlex.join(c) for c in commands],
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -452,53 +453,83 @@ def markdown_table(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def picture_sheet(
-    pairs: Sequence[tuple[Path, Path]], outputs: dict[str, torch.Tensor], path: Path, count: int = 6
-):
-    """Rows: test inputs. Columns: input, each configuration (first seed), truth."""
-    columns = ["input", *outputs, "truth"]
+STRIP_COUNT = 6  # test images each run keeps (in its strip_<direction>.png) for the picture sheets
+
+
+def save_strip(images: Sequence[Image.Image], path: Path) -> Path:
+    """The first STRIP_COUNT images one under the other, at the task's size."""
+    w, h = TASK_SIZE
+    strip = Image.new("RGB", (w, h * STRIP_COUNT), "white")
+    for r, image in enumerate(images[:STRIP_COUNT]):
+        strip.paste(image.resize((w, h)), (0, r * h))
+    return save_image(strip, path)
+
+
+def picture_sheet(pairs: Sequence[tuple[Path, Path]], strips: dict[str, Path], path: Path) -> Path:
+    """Rows: the first test inputs. Columns: input, each configuration (first seed, from its strip), truth."""
     w, h = TASK_SIZE
     pad, label = 4, 14
-    sheet = Image.new("RGB", (len(columns) * (w + pad) + pad, label + count * (h + pad) + pad), "white")
+    columns = [
+        ("input", [load_rgb(source) for source, _ in pairs[:STRIP_COUNT]]),
+        *(
+            (name, [load_rgb(strip).crop((0, r * h, w, (r + 1) * h)) for r in range(STRIP_COUNT)])
+            for name, strip in strips.items()
+        ),
+        ("truth", [load_rgb(truth) for _, truth in pairs[:STRIP_COUNT]]),
+    ]
+    rows = min(STRIP_COUNT, len(pairs))
+    sheet = Image.new("RGB", (len(columns) * (w + pad) + pad, label + rows * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
-    for c, name in enumerate(columns):
+    for c, (name, tiles) in enumerate(columns):
         draw.text((pad + c * (w + pad), 2), name[:22], fill="black")
-    for r, (source, truth) in enumerate(pairs[:count]):
-        tiles = [load_rgb(source), *(to_image(out[r]) for out in outputs.values()), load_rgb(truth)]
-        for c, tile in enumerate(tiles):
+        for r, tile in enumerate(tiles[:rows]):
             sheet.paste(tile.resize((w, h)), (pad + c * (w + pad), label + pad + r * (h + pad)))
     return save_image(sheet, path)
+
+
+def score_run(run: Run, scorers: dict[str, Scorer]) -> dict[str, dict]:
+    """Scores of a finished run in each direction it translates, cached in its scores.json (with a strip of its first
+    outputs per direction), so the report needs neither its weights nor another scoring later."""
+    path = run.dir / "scores.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    record = json.loads(run.record.read_text())
+    scores = {}
+    for direction, scorer in scorers.items():
+        outputs = run_outputs(run, direction, scorer)
+        if outputs is None:
+            continue
+        scores[direction] = {
+            **scorer.score(outputs),
+            "s_per_image": record["seconds"] / record["images_seen"],
+            "revision": record["revision"],
+        }
+        save_strip([to_image(o) for o in outputs], run.dir / f"strip_{direction}.png")
+        shown = {k: round(v, 4) for k, v in scores[direction].items() if isinstance(v, float)}
+        print(f"[{run.task.name} {direction} {run.name} seed {run.seed}] {json.dumps(shown)}", flush=True)
+    atomic.write_text(path, json.dumps(scores, indent=1))
+    return scores
 
 
 def score_task(
     task: Task, runs: Sequence[Run], lpips, inception, out: Path
 ) -> dict[str, dict[str, list[dict]]]:
     """{direction: {row name: [scores of each seed]}} for the finished runs; a picture sheet per direction."""
+    scorers = {direction: Scorer(task.pairs(direction), lpips, inception) for direction in DIRECTIONS}
     results: dict[str, dict[str, list[dict]]] = {}
-    for direction in DIRECTIONS:
-        scorer = Scorer(task.pairs(direction), lpips, inception)
-        inputs = scorer.inputs
-        rows = {IDENTITY: [{**scorer.score(inputs), "s_per_image": 0.0, "revision": "-"}]}
-        sheet: dict[str, torch.Tensor] = {}
-        for run in runs:
-            if not run.done():
-                continue
-            outputs = run_outputs(run, direction, scorer)
-            if outputs is None:
-                continue
-            record = json.loads(run.record.read_text())
-            scores = {
-                **scorer.score(outputs),
-                "s_per_image": record["seconds"] / record["images_seen"],
-                "revision": record["revision"],
-            }
-            rows.setdefault(run.name, []).append(scores)
-            sheet.setdefault(run.name, outputs)
-            shown = {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}
-            print(f"[{task.name} {direction} {run.name} seed {run.seed}] {json.dumps(shown)}", flush=True)
-        epochs = runs[0].epochs if runs else 0
-        picture_sheet(scorer.pairs, sheet, out / f"sheet_{task.name}_e{epochs}_{direction}.png")
-        results[direction] = rows
+    for direction, scorer in scorers.items():
+        identity = {**scorer.score(scorer.inputs), "s_per_image": 0.0, "revision": "-"}
+        results[direction] = {IDENTITY: [identity]}
+    strips: dict[str, dict[str, Path]] = {direction: {} for direction in DIRECTIONS}
+    for run in runs:
+        if not run.done():
+            continue
+        for direction, scores in score_run(run, scorers).items():
+            results[direction].setdefault(run.name, []).append(scores)
+            strips[direction].setdefault(run.name, run.dir / f"strip_{direction}.png")
+    epochs = runs[0].epochs if runs else 0
+    for direction, scorer in scorers.items():
+        picture_sheet(scorer.pairs, strips[direction], out / f"sheet_{task.name}_e{epochs}_{direction}.png")
     return results
 
 
@@ -522,7 +553,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--photos", type=Path, help="a folder of photos (landscapes work well); once per --out"
     )
-    parser.add_argument("--out", type=Path, default=Path("outputs/quality"), help="tasks, runs and report")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "quality", help="tasks, runs (cached) and report"
+    )
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument(
         "--configs",
