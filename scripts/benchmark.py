@@ -4,6 +4,7 @@
     python scripts/benchmark.py --profile --out bench/   # GPU: also a torch.profiler table of the fast step
     python scripts/benchmark.py --sizes 128 256 --steps 20 --warmup 5 --out bench/
     python scripts/benchmark.py --int8                # CPU: also ONNX Runtime int8 vs fp32 inference
+    python scripts/benchmark.py --official-code /tmp/cut --sizes 64 --channels 32 --threads 1   # side by side
 
 Training configurations run in the same process, each composed from configs/ (Hydra's compose API), for each
 recipe (`--recipes`: paper = experiment=paper_cyclegan, default = the default recipe with its VGG terms):
@@ -15,7 +16,10 @@ with `torch.utils.flop_counter.FlopCounterMode` on one eager step; MFU = achieve
 measured in the same run (fp32 for fp32 runs; for bf16-mixed runs the better of the bf16 and fp32 peaks,
 as CPUs without native bf16 emulate it far below fp32). "first steps s" is the time of the untimed warm-up
 steps (compilation, cuDNN autotuning). Inference: eager fp32 (reference), compiled, bf16 and compiled bf16 on a
-GPU, and `--tiled-sizes` through the user's tiled path. Writes benchmark.json and benchmark.md after every row.
+GPU, and `--tiled-sizes` through the user's tiled path. `--official-code CHECKOUT` also times the official code's
+CycleGAN step (the CUT repository, fetched by the user; run by scripts/official_cyclegan.py, needs `dominate`) at
+each size with the same widths and threads, and reports every row's time per image relative to it. Writes
+benchmark.json and benchmark.md after every row.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +47,8 @@ from stylegan_transfer.networks import build_generator, init_weights
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.run import register_resolvers
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 
 
 def sync(device: torch.device) -> None:
@@ -287,6 +293,32 @@ def profile_table(result: dict[str, Any], device: torch.device, rows: int = 25) 
     }
 
 
+def official_step(size: int, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """The official code's CycleGAN step (the CUT repository's `--model cycle_gan`, from the checkout given with
+    `--official-code`) at the same size, widths and threads, timed by scripts/official_cyclegan.py in a child."""
+    if args.n_blocks not in (6, 9):
+        raise SystemExit(
+            f"--official-code: the official ResNet generator has 6 or 9 blocks, not {args.n_blocks}"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        options = [
+            "--dataroot", tmp, "--name", "bench", "--checkpoints_dir", tmp, "--model", "cycle_gan",
+            "--netG", f"resnet_{args.n_blocks}blocks", "--ngf", str(args.channels), "--ndf", str(args.channels),
+            "--gpu_ids", "0" if device.type == "cuda" else "-1", "--display_id", "0", "--no_html",
+        ]  # fmt: skip
+        command = [
+            sys.executable, str(REPO / "scripts" / "official_cyclegan.py"), "time", str(args.official_code),
+            str(size), str(args.steps), str(args.warmup), "--", *options,
+        ]  # fmt: skip
+        threads = str(torch.get_num_threads())
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp)
+    if result.returncode != 0:
+        raise SystemExit(f"the official code's step failed:\n{result.stderr[-2000:]}")
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"config": "official (CUT repo cycle_gan)", **row, "pairs_per_s": 1 / row["seconds_per_step"]}
+
+
 INFERENCE_VARIANTS = {  # name: (torch.compile, bf16 autocast); NHWC for all but the reference on a GPU
     "reference": (False, False),
     "compiled": (True, False),
@@ -488,6 +520,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {mem} |"
         )
     lines.append("")
+    for r in report.get("official", []):
+        lines.append(
+            f"Official code ({r['config']}) at {r['size']}px, batch 1, {r['threads']} threads: "
+            f"{r['seconds_per_step']:.4f} s/step"
+        )
+    for r in report["training"]:
+        if "vs_official" in r:
+            lines.append(
+                f"Time per image vs the official code, {r['config']} {r['recipe']} {r['size']}px: "
+                f"**{r['vs_official']:.2f}x**"
+            )
     for key, ratio in report["speedup"].items():
         lines.append(f"Training speed-up fast / reference, {key} (pairs/s): **{ratio:.2f}x**")
     lines += [
@@ -561,6 +604,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="one image of this size through the tiled user path (default: 4096 GPU, none CPU)",
     )
     parser.add_argument("--profile", action="store_true", help="also profile the fast configuration's step")
+    parser.add_argument(
+        "--official-code",
+        type=Path,
+        help="a checkout of the CUT repository: also time its --model cycle_gan step (same sizes, widths, threads)",
+    )
     parser.add_argument("--inference-batch", type=int, help="default: 8 on GPU, 1 on CPU")
     parser.add_argument("--inference-steps", type=int, help="timed batches (default: 20 GPU, 3 CPU)")
     parser.add_argument("--channels", type=int, default=64, help="base width (paper: 64)")
@@ -632,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         "conv_peak_tflops": conv_peaks,
         "training": [],
         "speedup": {},
+        "official": [],
         "inference": [],
         "profile": None,
         "int8": None,
@@ -642,6 +691,10 @@ def main(argv: list[str] | None = None) -> int:
 
     training = report["training"]
     for size in args.sizes:
+        official = official_step(size, device, args) if args.official_code else None
+        if official is not None:
+            print(json.dumps(official), flush=True)
+            report["official"].append(official)
         for recipe in args.recipes:
             flops_per_pair = None
             for config, spec in training_configs(device, args, recipe).items():
@@ -660,6 +713,10 @@ def main(argv: list[str] | None = None) -> int:
                 peak = max(peaks["bfloat16"], peaks["float32"]) if mixed else peaks["float32"]
                 row["tflops"] = (row["flops_per_step"] or 0) * row["steps_per_s"] / 1e12
                 row["mfu"] = row["tflops"] / peak
+                if official is not None:  # time per image (pair) relative to the official step, same run
+                    row["vs_official"] = (row["seconds_per_step"] / row["batch"]) / official[
+                        "seconds_per_step"
+                    ]
                 print(json.dumps(row), flush=True)
                 training.append(row)
                 rows = {

@@ -2,6 +2,7 @@
 
     python scripts/official_cyclegan.py train CUT_CHECKOUT SEED -- [its train.py options]
     python scripts/official_cyclegan.py translate CUT_CHECKOUT CHECKPOINT_DIR OUT_DIR DIRECTION INPUT_DIR -- [options]
+    python scripts/official_cyclegan.py time CUT_CHECKOUT SIZE STEPS WARMUP -- [options]
 
 Used by `scripts/quality_benchmark.py` for its `official` row; the checkout (taesungp/contrastive-unpaired-translation,
 fetched by the user) is never copied into this project. Its code needs `dominate` (`pip install dominate`) and, on a
@@ -9,6 +10,9 @@ CPU, two workarounds applied here at run time, not by editing its files (as docs
 `CycleGANModel.data_dependent_initialize` takes no argument although its `train.py` passes one (replaced by a
 no-op: CycleGAN has nothing to initialise from data), and `optimize_parameters` reads `opt.amp`, which no option
 defines (set to False). `SEED` seeds torch, numpy and random before its `train.py` runs (it has no seed option).
+
+`time` builds its CycleGAN model as its `train.py` does and times `optimize_parameters` on random SIZE x SIZE pairs
+(batch 1) after WARMUP untimed steps; prints one JSON line (used by `scripts/benchmark.py --official-code`).
 
 `translate` rebuilds the generator of DIRECTION (AtoB: its G_A, BtoA: its G_B) with the code's own `define_G` and the
 training options, loads `latest_net_G_*.pth` and writes one PNG per image of INPUT_DIR at full size into OUT_DIR.
@@ -83,6 +87,37 @@ def translate(
         Image.fromarray(array).save(out_dir / f"{path.stem}.png")
 
 
+def time_steps(checkout: Path, size: int, steps: int, warmup: int, options: list[str]) -> dict:
+    import time
+
+    import torch
+
+    _prepare(checkout)
+    from models import create_model
+    from options.train_options import TrainOptions
+
+    sys.argv = ["train.py", *options]
+    opt = TrainOptions().parse()
+    model = create_model(opt)
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "A": torch.rand(1, 3, size, size, generator=generator) * 2 - 1,
+        "B": torch.rand(1, 3, size, size, generator=generator) * 2 - 1,
+        "A_paths": ["a.png"],
+        "B_paths": ["b.png"],
+    }
+    model.data_dependent_initialize(batch)
+    model.setup(opt)
+    started = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            started = time.perf_counter()
+        model.set_input(batch)
+        model.optimize_parameters()
+    seconds = (time.perf_counter() - started) / steps
+    return {"size": size, "threads": torch.get_num_threads(), "seconds_per_step": seconds, "steps": steps}
+
+
 def main(argv: list[str]) -> int:
     if "--" not in argv or len(argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -92,6 +127,11 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     if head[0] == "train" and len(head) == 3:
         train(Path(head[1]).resolve(), int(head[2]), options)
+    elif head[0] == "time" and len(head) == 5:
+        import json
+
+        result = time_steps(Path(head[1]).resolve(), int(head[2]), int(head[3]), int(head[4]), options)
+        print(json.dumps(result))
     elif head[0] == "translate" and len(head) == 6:
         translate(Path(head[1]).resolve(), Path(head[2]), Path(head[3]), head[4], Path(head[5]), options)
     else:

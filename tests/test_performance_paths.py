@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +183,65 @@ def test_benchmark_script_writes_json_and_markdown(tmp_path):
     assert infer["roofline_ratio"] > 0
     markdown = (out / "benchmark.md").read_text()
     assert "MFU" in markdown and "images/s" in markdown and "reference" in markdown
+
+
+def _fake_official_checkout(root: Path) -> Path:
+    """A stand-in for the CUT repository with its module layout: a CycleGAN whose step sleeps 20 ms."""
+    files = {
+        "options/__init__.py": "",
+        "options/base_options.py": (
+            "import argparse\n"
+            "class BaseOptions:\n"
+            "    def parse(self):\n"
+            "        parser = argparse.ArgumentParser()\n"
+            "        for name in ('dataroot', 'name', 'checkpoints_dir', 'model', 'netG', 'ngf', 'ndf', 'gpu_ids',"
+            " 'display_id'):\n"
+            "            parser.add_argument('--' + name)\n"
+            "        parser.add_argument('--no_html', action='store_true')\n"
+            "        import sys\n"
+            "        return parser.parse_args(sys.argv[1:])\n"
+        ),
+        "options/train_options.py": "from .base_options import BaseOptions\nclass TrainOptions(BaseOptions):\n    pass\n",
+        "models/__init__.py": "from .cycle_gan_model import CycleGANModel\ndef create_model(opt):\n"
+        "    return CycleGANModel(opt)\n",
+        "models/cycle_gan_model.py": (
+            "import time\n"
+            "class CycleGANModel:\n"
+            "    def __init__(self, opt):\n"
+            "        assert opt.model == 'cycle_gan' and opt.netG == 'resnet_6blocks', opt\n"
+            "    def data_dependent_initialize(self, data):\n"
+            "        raise TypeError('takes no argument')  # as the real one; the wrapper replaces it\n"
+            "    def setup(self, opt):\n"
+            "        assert opt.amp is False  # the wrapper defines the option the real code reads\n"
+            "    def set_input(self, batch):\n"
+            "        assert batch['A'].shape == (1, 3, 32, 32)\n"
+            "    def optimize_parameters(self):\n"
+            "        time.sleep(0.02)\n"
+        ),
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_official_step_beside_ours(tmp_path):
+    checkout = _fake_official_checkout(tmp_path / "cut")
+    out = tmp_path / "bench"
+    cmd = [
+        sys.executable, str(REPO / "scripts" / "benchmark.py"),
+        "--sizes", "32", "--inference-sizes", "--steps", "2", "--warmup", "1", "--channels", "4",
+        "--n-blocks", "6", "--matmul-size", "128", "--recipes", "paper", "--threads", "1",
+        "--official-code", str(checkout), "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "benchmark.json").read_text())
+    (official,) = data["official"]
+    assert official["size"] == 32 and official["threads"] == 1
+    assert 0.02 <= official["seconds_per_step"] < 0.5  # the fake step's sleep, timed in the child
+    for row in data["training"]:
+        expected = row["seconds_per_step"] / row["batch"] / official["seconds_per_step"]
+        assert row["vs_official"] == pytest.approx(expected)
+    assert "Time per image vs the official code" in (out / "benchmark.md").read_text()
