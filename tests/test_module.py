@@ -197,14 +197,17 @@ def test_training_steps_equal_a_hand_written_reference(gan_mode):
         for key, value in ref.items():
             assert got[key] == pytest.approx(value.item(), rel=1e-5, abs=1e-7), f"step {step} {key}"
     # Conv biases in front of an instance norm cancel in it: their exact gradient is zero, so Adam turns rounding
-    # noise into ±lr updates of them. Compare every weight, and what each trained network computes.
+    # noise into ±lr updates of them. Compare every weight, and what each trained network computes. A weight whose
+    # gradient is near zero shows the same effect, smaller: on one of the AMD EPYC machines here one weight of 2,304 in
+    # the vanilla run differed by 1.6e-7 (0.08 % of one Adam step of lr 2e-4); atol 1e-6 still fails any real
+    # difference of the step, which moves weights by about lr.
     probe = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9)) * 2 - 1  # (B, 3, H, W)
     with torch.no_grad():
         for name in NETWORKS:
             net, ref = getattr(module, name), nets[name]
             for key, value in net.state_dict().items():
                 if key.endswith("weight"):
-                    assert torch.allclose(value, ref.state_dict()[key], rtol=1e-5, atol=1e-7), f"{name}.{key}"
+                    assert torch.allclose(value, ref.state_dict()[key], rtol=1e-5, atol=1e-6), f"{name}.{key}"
             assert torch.allclose(net(probe), ref(probe), rtol=1e-5, atol=1e-6), f"{name} computes otherwise"
 
 
