@@ -81,7 +81,8 @@ class CycleGANModule(AdversarialModule):
         ema_decay: keep g_ab_ema / g_ba_ema, p_ema ← d·p_ema + (1 - d)·p after each generator step (d warmed up:
             `adversarial.ema_decay_at`), and use
             them for validation, sample grids, KID and export; 0 = off (e.g. 0.999).
-        lambda_r1: weight γ of the R1 penalty γ/2·E||∇D(x)||² on real images.
+        lambda_r1: weight γ of the R1 penalty γ/2·E mean_p ||∇_x D_p(x)||² on real images, per patch logit D_p
+            (`losses.r1_penalty`), so γ means what it does for a one-logit D at any size (0.1-10 in the literature).
         lambda_cycle_perceptual / lambda_identity_perceptual: weights of the normalised VGG content distance
             (`PerceptualLoss.content` at `content_layers`) of rec vs real / identity vs real, beside the L1.
         """
