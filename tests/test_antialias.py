@@ -175,7 +175,7 @@ def _largest_singular_values(net: torch.nn.Module) -> list[float]:
 
 def test_spectral_norm_bounds_every_conv_after_init_and_training_forwards():
     torch.manual_seed(0)
-    net = PatchDiscriminator(channels=4, n_layers=2, spectral_norm=True)
+    net = PatchDiscriminator(channels=4, n_layers=2, spectral_norm=True, norm="none")
     assert any("parametrizations.weight.original" in k for k in net.state_dict())
     init_weights(net, init_type="normal", gain=0.02)
     originals = [m.parametrizations.weight.original for m in net.modules() if hasattr(m, "parametrizations")]
@@ -187,3 +187,48 @@ def test_spectral_norm_bounds_every_conv_after_init_and_training_forwards():
     assert _largest_singular_values(net) == pytest.approx([1.0] * 4, abs=2e-2)
     plain = init_weights(PatchDiscriminator(channels=4, n_layers=2), gain=0.5)
     assert max(_largest_singular_values(plain)) > 2  # without spectral norm nothing bounds it
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_spectral_norm_with_a_normalisation_layer_is_refused_by_name(norm):
+    with pytest.raises(ValueError, match=rf"spectral_norm=True needs norm='none', not norm='{norm}'"):
+        PatchDiscriminator(channels=4, n_layers=2, spectral_norm=True, norm=norm)
+
+
+def _jacobian_norm(net: torch.nn.Module, x: torch.Tensor, iterations: int = 30) -> float:
+    """Largest singular value of the Jacobian of `net` at `x`, by power iteration on JᵀJ."""
+    v = torch.randn_like(x, generator=torch.Generator().manual_seed(0))
+    for _ in range(iterations):
+        v = v / v.norm()
+        _, jv = torch.func.jvp(net, (x,), (v,))
+        _, pullback = torch.func.vjp(net, x)
+        (v,) = pullback(jv)
+    v = v / v.norm()
+    return torch.func.jvp(net, (x,), (v,))[1].norm().item()
+
+
+def test_spectral_norm_discriminator_has_no_norm_layer_and_a_bounded_lipschitz_constant():
+    """With spectral norm D holds no normalisation layer, and its Jacobian's norm (anywhere, even at nearly
+    constant images) stays under the product of its convolutions' bounds: ||conv|| ≤ σ(W)·ceil(k/s) (every
+    input pixel enters at most ceil(k/s)² windows; LeakyReLU is 1-Lipschitz). An instance norm would divide by
+    the activations' own spread, which a nearly constant image makes arbitrarily small."""
+    torch.manual_seed(0)
+    net = init_weights(PatchDiscriminator(channels=4, n_layers=3, spectral_norm=True, norm="none"))
+    kinds = {type(m).__name__ for m in net.modules()}
+    assert not kinds & {"InstanceNorm2d", "BatchNorm2d"}, kinds
+    for _ in range(50):  # power iterations of the spectral norm
+        net(torch.randn(1, 3, 32, 32))
+    net.eval()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    bound = 1.0
+    for conv in convs:
+        sigma = torch.linalg.matrix_norm(conv.weight.flatten(1), ord=2).item()
+        assert sigma == pytest.approx(1.0, abs=5e-2)  # the bound below uses the exact value
+        bound *= sigma * -(-conv.kernel_size[0] // conv.stride[0])
+    flat = 0.3 + 1e-4 * torch.randn(1, 3, 64, 64)  # (1, 3, 64, 64): nearly constant
+    noisy = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        for x in (flat, noisy):
+            assert _jacobian_norm(net, x) <= bound * 1.001
+        y = torch.rand(1, 3, 64, 64) * 2 - 1
+        assert (net(noisy) - net(y)).norm() <= bound * (noisy - y).norm()

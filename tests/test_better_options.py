@@ -20,7 +20,7 @@ from stylegan_transfer.inference.checkpoint import read_checkpoint
 from stylegan_transfer.inference.export import export_checkpoint
 from stylegan_transfer.inference.generator_file import load_generator, read_metadata
 from stylegan_transfer.losses import r1_penalty
-from stylegan_transfer.networks import ResnetGenerator
+from stylegan_transfer.networks import PatchDiscriminator, ResnetGenerator, init_weights
 from stylegan_transfer.perceptual import VGGFeatures, vgg_features_module
 from stylegan_transfer.training import callbacks as cb
 from stylegan_transfer.training.adversarial import ema_decay_at, update_ema
@@ -56,13 +56,69 @@ def test_r1_penalty_is_the_mean_squared_input_gradient_on_reals():
     torch.testing.assert_close(a.grad, (8 * a * x**2).mean(dim=0).detach())
 
 
-def test_r1_penalty_of_a_linear_patch_discriminator():
+def _signs(shape, seed: int) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(seed)).float() * 2 - 1
+
+
+def test_r1_penalty_of_a_linear_patch_discriminator_with_given_signs():
     weight = torch.randn(1, 3, 4, 4)
     x = torch.randn(2, 3, 10, 10, requires_grad=True)
-    logits = F.conv2d(x, weight)  # (2, 1, 7, 7) patch logits
-    gradient = F.conv_transpose2d(torch.ones_like(logits), weight)  # Σ over patches of each patch's weight
-    expected = gradient.pow(2).flatten(1).sum(dim=1).mean()
-    torch.testing.assert_close(r1_penalty(logits, x), expected)
+    logits = F.conv2d(x, weight)  # (2, 1, 7, 7): 49 overlapping patch logits per image
+    signs = _signs(logits.shape, 0)
+    gradient = F.conv_transpose2d(signs, weight)  # ∇_x Σ_p ε_p D_p: each patch's weight with its sign
+    expected = gradient.pow(2).flatten(1).sum(dim=1).mean() / 49
+    torch.testing.assert_close(r1_penalty(logits, x, signs=signs), expected)
+    with pytest.raises(ValueError, match="signs of shape"):
+        r1_penalty(logits, x, signs=signs[:1])
+
+
+@pytest.mark.parametrize("size", [8, 32, 64])
+def test_r1_penalty_is_per_patch_whatever_the_number_of_patches(size):
+    """Non-overlapping patches (stride = kernel): every patch's gradient is the kernel, so the per-patch R1 is
+    ||W||² exactly, for any signs and any image size (the gradient of the summed logits gave P·||W||²)."""
+    weight = torch.randn(1, 3, 4, 4)
+    x = torch.randn(2, 3, size, size, requires_grad=True)
+    logits = F.conv2d(x, weight, stride=4)  # (2, 1, size/4, size/4)
+    for seed in range(3):
+        r1 = r1_penalty(logits, x, signs=_signs(logits.shape, seed))
+        torch.testing.assert_close(r1, weight.pow(2).sum())
+
+
+def test_r1_penalty_is_an_unbiased_estimate_of_the_mean_patch_gradient_norm():
+    """Overlapping patches of a linear D: each patch's gradient is still the kernel (no padding), so
+    E_ε r1 = ||W||²; the gradient of the mean logit would be ~||ΣW||²/P instead (it shrinks with P)."""
+    torch.manual_seed(0)
+    weight = torch.randn(1, 3, 4, 4)
+    x = torch.randn(1, 3, 16, 16, requires_grad=True)
+    logits = F.conv2d(x, weight)  # (1, 1, 13, 13)
+    draws = torch.stack([r1_penalty(logits, x).detach() for _ in range(400)])
+    assert draws.std() > 0  # random signs by default
+    assert draws.mean().item() == pytest.approx(weight.pow(2).sum().item(), rel=0.05)
+
+
+def test_r1_penalty_of_a_patchgan_does_not_grow_with_the_image():
+    """The same PatchGAN on an image and on that image tiled 2x2 (over 4x the patches): the per-patch R1 is
+    about the same, and at 64 px it matches the mean of the patches' squared gradient norms computed one by
+    one; the gradient of the summed logits (the old penalty) grows more than 4x."""
+    torch.manual_seed(0)
+    disc = init_weights(PatchDiscriminator(channels=8, norm="none"))
+    image = torch.rand(1, 3, 64, 64) * 2 - 1  # (1, 3, 64, 64)
+    estimates, summed, patches = [], [], []
+    for x in (image, image.repeat(1, 1, 2, 2)):  # 64 and 128 px
+        x = x.clone().requires_grad_(True)
+        logits = disc(x)  # (1, 1, H', W')
+        estimates.append(torch.stack([r1_penalty(logits, x).detach() for _ in range(8)]).mean())
+        summed.append(torch.autograd.grad(logits.sum(), x, retain_graph=True)[0].pow(2).sum())
+        patches.append(logits.numel())
+    x = image.clone().requires_grad_(True)
+    logits = disc(x).flatten()  # 36 patch logits
+    per_patch = torch.stack(
+        [torch.autograd.grad(logit, x, retain_graph=True)[0].pow(2).sum() for logit in logits]
+    ).mean()
+    assert patches == [36, 196]
+    assert estimates[0].item() == pytest.approx(per_patch.item(), rel=0.1)
+    assert estimates[1].item() == pytest.approx(estimates[0].item(), rel=0.25)
+    assert summed[1] > 4 * summed[0]  # what the penalty used to be
 
 
 def test_discriminator_loss_applies_gamma_over_two_and_lambda_gp_once():

@@ -287,6 +287,7 @@ DEMO_MODEL = {
     # the other options added since (issue 13), all off
     "diffaugment": "", "ema_decay": 0.0, "lambda_cycle_perceptual": 0.0, "lambda_identity_perceptual": 0.0,
     "lambda_r1": 0.0,
+    "style_target": "batch", "style_target_decay": 0.999,  # issue 23
 }  # fmt: skip
 DEMO_DATA = {
     "preprocess": "resize_and_crop", "load_size": 72, "crop_size": 64, "flip": True, "batch_size": 1,

@@ -310,7 +310,11 @@ class PatchDiscriminator(nn.Module):
 
     antialias: each stride-2 conv becomes a stride-1 conv → (norm →) LeakyReLU → `BlurPool2d` (the CUT code's
     discriminator). spectral_norm: every conv weight divided by its largest singular value (Miyato et al.
-    2018), estimated by one power iteration per training forward.
+    2018), estimated by one power iteration per training forward; it needs `norm="none"`. Then D is a chain of
+    convolutions with bounded weights and 1-Lipschitz LeakyReLUs (and blur-pools), so its Lipschitz constant is
+    bounded. A normalisation layer divides activations by their own statistics, which undoes that bound (the
+    output can change without limit as an input's variance goes to 0), so spectral norm with instance or batch
+    norm raises a ValueError rather than silently replacing the norm: the configuration says what is built.
     """
 
     def __init__(
@@ -324,6 +328,11 @@ class PatchDiscriminator(nn.Module):
         spectral_norm: bool = False,
     ):
         super().__init__()
+        if spectral_norm and norm != "none":
+            raise ValueError(
+                f"spectral_norm=True needs norm='none', not norm={norm!r}: a normalisation layer cancels the "
+                "Lipschitz bound spectral norm gives the discriminator (set discriminator norm to none)"
+            )
         make_norm, bias = norm_layer(norm), _uses_bias(norm)
 
         def conv(in_ch: int, out_ch: int, *, downsample: bool, bias: bool = True) -> nn.Module:

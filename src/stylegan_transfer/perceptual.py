@@ -370,3 +370,72 @@ class PerceptualLoss(nn.Module):
         """Put the loaded VGG's weights back under `prefix` so a strict load finds them."""
         if self.vgg is not None:
             state_dict.update({f"{prefix}vgg.{k}": v for k, v in self.vgg.state_dict().items()})
+
+
+# ----------------------------------------------------------------------------- a domain's style, over many images
+class RunningGrams(nn.Module):
+    """Per domain and style layer, a running mean of the Gram matrices (`PerceptualLoss.grams`) of the real images
+    seen, for use as a style target: the domain's style rather than one batch's (at batch 1, one random image).
+
+    Update n (1-based, per domain) with the batch's mean Gram G_n: M ← M + w_n·(G_n - M), w_n = max(1/n, 1 - decay).
+    For the first 1/(1 - decay) updates that is the exact mean of every Gram seen, so the first target is the
+    first batch's Gram and no update is wasted (a plain EMA started at 0 would pull the target towards 0, and the
+    style term divides by the target's norm); after that, an exponential mean over about the last 1/(1 - decay)
+    updates. Within a run the reals' Gram distribution does not drift (VGG is frozen), so a long window mostly
+    lowers the target's noise: `decay` says over how many updates the target averages (0.999: about a thousand,
+    more than a small style domain, e.g. Van Gogh's 400 paintings); the exponential tail still lets a run
+    continued on other images (fine-tuning from a checkpoint) forget the old domain within a few windows, where
+    a cumulative mean would keep it for ever. decay = 0 gives the current batch's Gram (the "batch" target).
+
+    The matrices and counters are buffers (float32, no gradient): in `state_dict`, hence in checkpoints, and
+    resumed exactly. Their sizes come from the first update (the VGG trunk is loaded after construction); a state
+    dict fills unfilled buffers at any size. Under DDP each process folds in the images it sees.
+    """
+
+    def __init__(self, *, domains: Sequence[str], layers: int, decay: float) -> None:
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"style_target_decay must be in [0, 1), not {decay}")
+        self.domains, self.layers, self.decay = list(domains), int(layers), float(decay)
+        for domain in self.domains:
+            self.register_buffer(f"updates_{domain}", torch.zeros((), dtype=torch.long))
+            for i in range(self.layers):
+                self.register_buffer(f"{domain}{i}", torch.zeros(0))  # (C_i, C_i) after the first update
+
+    def targets(self, domain: str) -> list[torch.Tensor]:
+        """The running mean Gram (C, C) of each style layer of `domain` (empty before its first update)."""
+        return [getattr(self, f"{domain}{i}") for i in range(self.layers)]
+
+    @torch.no_grad()
+    def update(self, domain: str, grams: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Fold one batch's Gram matrices (per layer, (C, C): `PerceptualLoss.grams`) into `domain`'s means;
+        returns the updated means."""
+        if len(grams) != self.layers:
+            raise ValueError(f"{len(grams)} Gram matrices for {self.layers} style layers")
+        counter = getattr(self, f"updates_{domain}")
+        counter += 1
+        weight = counter.reciprocal().clamp_min(1.0 - self.decay)  # max(1/n, 1 - decay), no host sync
+        for i, gram in enumerate(grams):
+            name, gram = f"{domain}{i}", gram.detach().float()
+            mean = getattr(self, name)
+            if mean.shape != gram.shape:  # first update: the layer's size becomes known
+                if mean.numel():
+                    raise ValueError(
+                        f"style layer {i} of domain {domain}: Gram {tuple(gram.shape)}, was {tuple(mean.shape)}"
+                    )
+                mean = torch.zeros_like(gram)
+            setattr(self, name, mean.lerp_(gram.to(mean.dtype), weight.to(mean.dtype)))  # in place once sized
+        return self.targets(domain)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for domain in self.domains:  # adopt the stored sizes where this module has not been filled yet
+            for i in range(self.layers):
+                name = f"{domain}{i}"
+                stored, mine = state_dict.get(prefix + name), getattr(self, name)
+                if (
+                    stored is not None
+                    and stored.shape != mine.shape
+                    and (not mine.numel() or not stored.numel())
+                ):
+                    setattr(self, name, torch.empty(stored.shape, dtype=mine.dtype, device=mine.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

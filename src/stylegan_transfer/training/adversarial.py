@@ -45,7 +45,8 @@ def discriminator_terms(
     r1: bool = False,
 ) -> dict[str, torch.Tensor]:
     """`adv`: the discriminator's adversarial loss on augmented real and fake images; `gp`: the WGAN-GP
-    penalty (when asked); `r1`: E||∇D||² on the augmented reals D was scored on (when asked)."""
+    penalty (when asked); `r1`: the per-patch R1 E||∇D_p||² (`losses.r1_penalty`) on the augmented reals D was
+    scored on (when asked)."""
     real_in = augment(real)
     if r1:
         real_in = real_in.detach().requires_grad_(True)

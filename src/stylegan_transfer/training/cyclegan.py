@@ -8,15 +8,16 @@ calls once per discriminator).
 Options beyond the paper, all off by default (the paper's step is unchanged when they are off): DiffAugment of
 every discriminator input (`diffaugment`), an EMA of the generators used for validation, samples, KID and
 export (`ema_decay`), R1 on the discriminators (`lambda_r1`), normalised VGG content terms of the cycle and
-identity images beside their L1 (`lambda_cycle_perceptual`, `lambda_identity_perceptual`); anti-aliased
-networks and spectral norm are constructor arguments of the networks (`generator`, `discriminator`).
+identity images beside their L1 (`lambda_cycle_perceptual`, `lambda_identity_perceptual`), a running mean of
+each domain's Gram matrices as the style target (`style_target`); anti-aliased networks and spectral norm are
+constructor arguments of the networks (`generator`, `discriminator`).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,11 +25,14 @@ from torch import nn
 from stylegan_transfer import losses
 from stylegan_transfer.image_pool import ImagePool
 from stylegan_transfer.networks import build_discriminator, build_generator, init_weights
-from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS, PerceptualLoss
+from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS, PerceptualLoss, RunningGrams
 from stylegan_transfer.training import settings
 from stylegan_transfer.training.adversarial import AdversarialModule, augmenter
 from stylegan_transfer.training.optim import LrScaling, batch_lr_factor
 from stylegan_transfer.training.settings import check_training_settings
+
+StyleTarget = Literal["batch", "running_mean"]
+STYLE_TARGETS: tuple[str, ...] = ("batch", "running_mean")
 
 
 class CycleGANModule(AdversarialModule):
@@ -66,6 +70,8 @@ class CycleGANModule(AdversarialModule):
         lambda_r1: float = 0.0,
         lambda_cycle_perceptual: float = 0.0,
         lambda_identity_perceptual: float = 0.0,
+        style_target: StyleTarget = "batch",
+        style_target_decay: float = 0.999,
     ) -> None:
         """Performance options (the GPU presets in configs/perf/ turn them on):
 
@@ -81,9 +87,15 @@ class CycleGANModule(AdversarialModule):
         ema_decay: keep g_ab_ema / g_ba_ema, p_ema ← d·p_ema + (1 - d)·p after each generator step (d warmed up:
             `adversarial.ema_decay_at`), and use
             them for validation, sample grids, KID and export; 0 = off (e.g. 0.999).
-        lambda_r1: weight γ of the R1 penalty γ/2·E||∇D(x)||² on real images.
+        lambda_r1: weight γ of the R1 penalty γ/2·E mean_p ||∇_x D_p(x)||² on real images, per patch logit D_p
+            (`losses.r1_penalty`), so γ means what it does for a one-logit D at any size (0.1-10 in the literature).
         lambda_cycle_perceptual / lambda_identity_perceptual: weights of the normalised VGG content distance
             (`PerceptualLoss.content` at `content_layers`) of rec vs real / identity vs real, beside the L1.
+        style_target: the Gram matrices each fake's style term (`lambda_style`) aims at: "batch" = those of the
+            current batch of real images of its target domain (at batch 1, one random image); "running_mean" =
+            per domain and style layer, a running mean of the reals' Gram matrices (`perceptual.RunningGrams`:
+            the exact mean of all seen for the first 1/(1 - `style_target_decay`) steps, then an exponential mean
+            with that decay), kept in buffers, hence in checkpoints.
         """
         super().__init__()
         generator = dict(generator or {"arch": "resnet"})
@@ -101,6 +113,10 @@ class CycleGANModule(AdversarialModule):
             raise ValueError(f"unknown gan_mode {gan_mode!r}; choose one of {losses.GAN_MODES}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off), not {ema_decay}")
+        if style_target not in STYLE_TARGETS:
+            raise ValueError(f"unknown style_target {style_target!r}; choose one of {STYLE_TARGETS}")
+        if not 0.0 <= style_target_decay < 1.0:
+            raise ValueError(f"style_target_decay must be in [0, 1), not {style_target_decay}")
         batch_lr_factor(batch_size, lr_scaling)  # validates both early
         self.augment = augmenter(diffaugment)  # validates the policy early
         self.save_hyperparameters()  # plain values only (reads the normalised locals above)
@@ -121,6 +137,10 @@ class CycleGANModule(AdversarialModule):
         self.perceptual = PerceptualLoss(
             content_layers=content_layers, style_layers=style_layers, weights_path=vgg_weights
         )  # its VGG is loaded in setup() when a perceptual term is on
+        if style_target == "running_mean":  # not under `perceptual.`, whose state stays out of checkpoints
+            self.style_grams = RunningGrams(
+                domains=("a", "b"), layers=len(style_layers), decay=style_target_decay
+            )
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -156,14 +176,21 @@ class CycleGANModule(AdversarialModule):
         self, fake_b: torch.Tensor, fake_a: torch.Tensor, real_a: torch.Tensor, real_b: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Content: each fake against its own input (fake_b vs real_a, fake_a vs real_b). Style: each fake
-        against the batch of real images of its target domain. Both normalised (see PerceptualLoss)."""
+        against the Gram matrices of its target domain's reals: this batch's, or (style_target="running_mean") their
+        running mean, updated here with this batch first. Both normalised (see PerceptualLoss)."""
         p = self.perceptual
         # One VGG pass per pair (VGG has no batch statistics, so this equals four passes, and runs faster).
         content_fb, style_fb, content_fa, style_fa = self._paired_features(fake_b, fake_a)
         with torch.no_grad():
             content_ra, style_ra, content_rb, style_rb = self._paired_features(real_a, real_b)
         content = p.content(content_fb, content_ra) + p.content(content_fa, content_rb)
-        style = p.style(style_fb, p.grams(style_rb)) + p.style(style_fa, p.grams(style_ra))
+        target_b, target_a = p.grams(style_rb), p.grams(style_ra)  # per layer (C, C)
+        if self.hparams.style_target == "running_mean":
+            target_b, target_a = (
+                self.style_grams.update("b", target_b),
+                self.style_grams.update("a", target_a),
+            )
+        style = p.style(style_fb, target_b) + p.style(style_fa, target_a)
         return content, style
 
     def _paired_features(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], ...]:
