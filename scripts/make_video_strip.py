@@ -1,4 +1,4 @@
-"""A frame strip (and optionally a short GIF) of a video translation, made by a real run, for the README.
+"""A frame strip (and optionally a short GIF) of a video translation, made by a real run, for docs/video.md.
 
     PYTHONPATH=src python scripts/make_video_strip.py --checkpoint outputs/demo/<run>/export/g_ab.safetensors \
         --input clip.mp4 --output docs/images/video_strip.jpg --gif docs/images/video.gif

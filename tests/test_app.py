@@ -2,7 +2,7 @@
 
 The browser tests serve the app in this process on a free loopback port, with a tiny generator and a tiny
 random VGG made here; every request the page makes must stay on 127.0.0.1. With STYLEGAN_APP_SCREENSHOTS
-set to a folder, they also write app_translate.png and app_stylize.png there (the README's pictures), from
+set to a folder, they also write app_translate.png and app_stylize.png there (the pictures of docs/app.md), from
 the repository's example photo and painting, with real VGG19 weights when STYLEGAN_APP_VGG_WEIGHTS names them.
 """
 
@@ -51,7 +51,7 @@ from stylegan_transfer.networks import build_generator, init_weights
 
 SRC = REPO / "src"
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = os.environ.get("STYLEGAN_APP_SCREENSHOTS")  # a folder: write the README's pictures there
+SCREENSHOTS = os.environ.get("STYLEGAN_APP_SCREENSHOTS")  # a folder: write the pictures of docs/app.md there
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -424,14 +424,14 @@ def screenshot(page, name: str) -> None:
 
 
 def _screenshot_vgg() -> torch.nn.Sequential:
-    """For the README's picture only: real VGG19 weights from STYLEGAN_APP_VGG_WEIGHTS (see the README)."""
+    """For the docs pictures only: real VGG19 weights from STYLEGAN_APP_VGG_WEIGHTS (see docs/app.md)."""
     from stylegan_transfer.perceptual import load_vgg_features
 
     return load_vgg_features("vgg19", weights_path=os.environ["STYLEGAN_APP_VGG_WEIGHTS"])
 
 
 def example(name: str, fallback: Image.Image, folder: Path, long_side: int) -> Path:
-    """The README pictures use the repository's example photo and painting; the tests use generated ones."""
+    """The pictures of docs/app.md use the repository's example photo and painting; the tests use generated ones."""
     path = folder / name
     if SCREENSHOTS:
         image = Image.open(REPO / "docs" / "examples" / name).convert("RGB")

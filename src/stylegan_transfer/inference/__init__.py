@@ -1,5 +1,7 @@
-"""Running trained generators without the training stack: the generator file format, the one checkpoint
-reader, exports (safetensors, ONNX, torch.export), tiling and translation of images and videos (API and CLI)."""
+"""Running trained generators without the training stack: the generator file format (`generator_file`), the one
+checkpoint reader (`checkpoint`), exports (`export`: safetensors; `onnx_pt2`: ONNX, torch.export), official-code and
+pretrained generators (`official`, `pretrained`), tiling (`tiling`) and translation of images and videos
+(`translate`: API and CLI; `video`)."""
 
 from stylegan_transfer.inference.generator_file import ExportError, load_generator, read_metadata
 from stylegan_transfer.inference.translate import translate, translate_tensor

@@ -1,7 +1,7 @@
 """Image-translation metrics: FID and KID on Inception pool features, LPIPS for content preservation.
 
 Pure functions and modules only: nothing here reads files or the network (weights come from
-`metric_weights.py`). Images enter as (B, 3, H, W) float tensors in [-1, 1], RGB.
+`metrics/weights.py`). Images enter as (B, 3, H, W) float tensors in [-1, 1], RGB.
 
 Protocol (the one published FID numbers use, as in pytorch-fid):
 - features: the 2048-d average-pool output of the TF 2015-12-05 Inception-v3 ("FID Inception"),
@@ -81,7 +81,7 @@ class _FIDInceptionE(InceptionE):
 class FIDInceptionV3(nn.Module):
     """The FID Inception-v3, laid out like pytorch-fid's port so that its state dict loads strictly.
 
-    Constructed uninitialised: get pretrained weights through `metric_weights.load_fid_inception`.
+    Constructed uninitialised: get pretrained weights through `metrics.weights.load_fid_inception`.
     `forward` takes 299×299 images in [-1, 1] and returns the (B, 2048) pool features.
     """
 
@@ -299,7 +299,7 @@ class LPIPS(nn.Module):
     """Learned perceptual distance (LPIPS v0.1 'lin'): per image, (B,) — 0 for identical images.
 
     State-dict keys: `features.<i>.weight/bias` (torchvision layout) and `lins.<k>.weight` (1, C, 1, 1).
-    Constructed uninitialised: get pretrained weights through `metric_weights.load_lpips`.
+    Constructed uninitialised: get pretrained weights through `metrics.weights.load_lpips`.
     """
 
     def __init__(self, net: str = "vgg") -> None:

@@ -246,7 +246,7 @@ def select_by_quality(callbacks: list[L.Callback], fallback: str = FALLBACK_METR
     except MetricWeightsError as err:
         log.warning(
             "%s is off: %s\nbest.ckpt, export/best/ and the sweep objective fall back to %s, which rewards "
-            "under-stylised models (a generator that copies its input minimises it): see README "
+            "under-stylised models (a generator that copies its input minimises it): see docs/training.md "
             "'Choosing the best model'.",
             QUALITY_METRIC,
             err,
