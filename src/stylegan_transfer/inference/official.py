@@ -58,6 +58,7 @@ from stylegan_transfer.inference.generator_file import (
     save_generator,
 )
 from stylegan_transfer.networks import build_generator
+from stylegan_transfer.unpickling import refusal_reason
 
 SOURCE_FORMAT = "official CycleGAN/pix2pix state dict (junyanz/pytorch-CycleGAN-and-pix2pix)"
 _RESNET_BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.(\d+)\.weight$")
@@ -87,7 +88,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise OfficialFormatError(
-            f"{path} was refused: not a plain state dict of tensors ({_unpickler_reason(err)}); "
+            f"{path} was refused: not a plain state dict of tensors ({refusal_reason(err)}); "
             "nothing in it was run."
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
@@ -117,14 +118,6 @@ def check_tensor_sizes(state: dict[str, torch.Tensor], where: str) -> None:
                 f"{where} was refused: its tensors claim more than {2 * MAX_PARAMETERS:,} values "
                 f"(at {key}, shape {tuple(value.shape)}); no generator this package builds is that large."
             )
-
-
-def _unpickler_reason(err: Exception) -> str:
-    """The one informative line of torch's weights-only refusal (e.g. `Unsupported global: GLOBAL io.open`)."""
-    text = str(err)
-    detail = text.partition("WeightsUnpickler error:")[2].strip() or text.strip()
-    line = detail.splitlines()[0] if detail else type(err).__name__
-    return line.partition(" was not an allowed global")[0].strip()
 
 
 def _drop_unused_norm_statistics(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
