@@ -36,6 +36,7 @@ from helpers import REPO, TINY_G_KWARGS, tiny_vgg
 from stylegan_transfer.app.cli import HostError, build_parser, resolve_host
 from stylegan_transfer.app.core import (
     AppInputError,
+    GeneratorCache,
     StyleKnobs,
     check_video,
     find_generators,
@@ -86,6 +87,28 @@ def save_tiny_generator(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     generator = init_weights(build_generator("resnet", **TINY_G_KWARGS))
     return save_generator(generator, path, arch="resnet", kwargs=TINY_G_KWARGS)
+
+
+def save_bad_generators(folder: Path) -> dict[str, Path]:
+    """Exports that are listed (their metadata is sound) but fail to load: NaN weights, weights of another
+    shape than the recorded architecture, and a file cut short."""
+    torch.manual_seed(1)
+    generator = init_weights(build_generator("resnet", **TINY_G_KWARGS))
+    with torch.no_grad():
+        next(generator.parameters()).fill_(float("nan"))
+    nan = save_generator(generator, folder / "nan.safetensors", arch="resnet", kwargs=TINY_G_KWARGS)
+    wider = {**TINY_G_KWARGS, "channels": TINY_G_KWARGS["channels"] * 2}
+    mismatch = save_generator(
+        init_weights(build_generator("resnet", **wider)),
+        folder / "mismatch.safetensors",
+        arch="resnet",
+        kwargs=TINY_G_KWARGS,
+    )
+    whole = save_tiny_generator(folder / "whole.tmp", seed=2).read_bytes()
+    truncated = folder / "truncated.safetensors"
+    truncated.write_bytes(whole[: len(whole) - 64])
+    (folder / "whole.tmp").unlink()
+    return {"nan": nan, "mismatch": mismatch, "truncated": truncated}
 
 
 def png_header_only(path: Path, width: int, height: int) -> Path:
@@ -202,6 +225,34 @@ def test_weights_names_zip_and_generator_discovery(tmp_path, monkeypatch):
     assert entries[1].label == "style_vangogh (pretrained CycleGAN, photo → Van Gogh painting)"
     assert len(problems) == 1 and "broken.safetensors" in problems[0]
     assert [e.pretrained for e in find_generators(None)[0]] == [True]
+
+
+def test_a_generator_that_fails_to_load_leaves_the_cache_serving_the_good_one(tmp_path):
+    good = save_tiny_generator(tmp_path / "good.safetensors")
+    other = save_tiny_generator(tmp_path / "other.safetensors", seed=3)
+    bad = save_bad_generators(tmp_path)
+    cache = GeneratorCache(torch.device("cpu"))
+    first = cache.get(good)
+    image = photo(24, 16)
+    expected = pixels(translate_image(first, image, device=torch.device("cpu"))[0])
+    for name, path in bad.items():
+        with pytest.raises(AppInputError) as caught:
+            cache.get(path)
+        assert path.name in str(caught.value) and "\n" not in str(caught.value), name
+        again = cache.get(good)  # the good generator still serves, unchanged
+        assert again is first, name
+        assert np.array_equal(pixels(translate_image(again, image, device=torch.device("cpu"))[0]), expected)
+    for path in bad.values():  # a bad file first, then a good one never loaded before
+        with pytest.raises(AppInputError):
+            cache.get(path)
+        assert cache.get(other) is not first
+        with pytest.raises(AppInputError):
+            cache.get(path)
+        assert cache.get(other) is cache.get(other)
+    fresh = GeneratorCache(torch.device("cpu"))  # a bad file as the very first request
+    with pytest.raises(AppInputError):
+        fresh.get(bad["nan"])
+    assert isinstance(fresh.get(good), torch.nn.Module)
 
 
 def test_translate_image_tiles_large_images_and_keeps_every_size(tmp_path):
@@ -552,6 +603,62 @@ def test_bad_uploads_show_a_message_and_the_app_keeps_serving(page, served, tmp_
     page.locator("#translate-button").click()
     page.get_by_text("Translated 1 image in").wait_for()
     assert fetch_image(page, "#translate-result img").size == (40, 24)
+
+
+def choose_generator(page, name: str) -> None:
+    """Pick the generator whose label holds `name` in the Translate tab's list."""
+    field = page.locator("#translate-generator input")
+    field.blur()  # a focused field opens its list only when clicked again after leaving it
+    field.click()
+    page.get_by_role("option", name=name).first.click()
+    field.blur()
+
+
+@pytest.mark.slow
+def test_a_generator_that_fails_to_load_does_not_break_later_requests(page, served, tmp_path):
+    """Bad model, then good model: the page says why the bad one failed, and the good one still works."""
+    models = served.demo.stylegan_state.models_dir
+    bad = save_bad_generators(tmp_path / "bad")
+    truncated = bad.pop("truncated")  # listed while whole, cut short before it is used
+    shutil.copytree(tmp_path / "bad", models / "bad")
+    save_tiny_generator(models / "bad" / truncated.name, seed=2)
+    phrases = {
+        "nan.safetensors": "holds NaN or infinite values",
+        "mismatch.safetensors": "do not match the recorded architecture",
+        "truncated.safetensors": "not a readable safetensors file",
+    }
+    expect = need("playwright.sync_api").expect
+    good = tmp_path / "good.png"
+    photo(40, 24, seed=7).save(good)
+
+    def fresh_page() -> None:
+        page.reload()
+        page.get_by_role("button", name="Translate", exact=True).wait_for()
+        page.locator("#translate-refresh").click()  # the list as the folder holds it now
+        expect(page.locator("#translate-generator input")).to_have_value(re.compile("^bad/mismatch"))
+        page.locator("#translate-upload input[type=file]").set_input_files(str(good))
+        page.locator("#translate-input img").first.wait_for()
+
+    try:
+        fresh_page()
+        choose_generator(page, "g_ab.safetensors")  # the good generator first, so that it is in the cache
+        page.locator("#translate-button").click()
+        page.get_by_text("Translated 1 image in").wait_for()
+        expected = pixels(fetch_image(page, "#translate-result img"))
+        for name, phrase in phrases.items():
+            fresh_page()
+            if name == truncated.name:
+                shutil.copyfile(truncated, models / "bad" / name)
+            choose_generator(page, f"bad/{name}")
+            page.locator("#translate-button").click()
+            page.get_by_text(phrase).first.wait_for()
+            choose_generator(page, "g_ab.safetensors")
+            page.locator("#translate-button").click()
+            page.get_by_text("Translated 1 image in").wait_for()
+            assert np.array_equal(pixels(fetch_image(page, "#translate-result img")), expected), name
+    finally:
+        shutil.rmtree(models / "bad", ignore_errors=True)
+        served.demo.stylegan_state.rescan()
 
 
 @pytest.mark.slow

@@ -218,7 +218,7 @@ def _fetch(
             total = int(length) if length and length.isdigit() else None
         if max_bytes is not None and total is not None and total > max_bytes:
             raise SizeLimitError(
-                f"{url} announces {total} bytes, more than the {max_bytes // MIB} MiB this dataset can be; "
+                f"{url} announces {total} bytes, more than the {max_bytes // MIB} MiB allowed for this download; "
                 "refusing to download it (check the URL or mirror)."
             )
         _check_free_space(part.parent, (total or 0) - offset, what=f"downloading {url}")
@@ -239,7 +239,7 @@ def _fetch(
                 received += len(chunk)
                 if max_bytes is not None and received > max_bytes:
                     raise SizeLimitError(
-                        f"{url} sent more than the {max_bytes // MIB} MiB this dataset can be; stopped "
+                        f"{url} sent more than the {max_bytes // MIB} MiB allowed for this download; stopped "
                         "and deleted the partial download (check the URL or mirror)."
                     )
                 out.write(chunk)

@@ -191,7 +191,10 @@ def find_generators(folder: str | Path | None) -> tuple[list[GeneratorEntry], li
 
 
 class GeneratorCache:
-    """Keeps the last used generator on its device (one at a time, to bound memory); reloads a changed file."""
+    """Keeps the last used generator on its device (one at a time, to bound memory); reloads a changed file.
+
+    A load that fails leaves the cache as it was: the generator held before still serves the next request.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -205,14 +208,17 @@ class GeneratorCache:
         except FileNotFoundError as err:
             raise AppInputError(f"generator {path.name} is gone from its folder; press Refresh.") from err
         with self._lock:
-            if key != self._key:
-                self._generator = None  # free the old one first
-                try:
-                    generator = load(path)
-                except ExportError as err:
-                    raise AppInputError(str(err)) from err
-                self._generator, self._key = generator.to(self.device).eval(), key
-            assert self._generator is not None
+            if key == self._key and self._generator is not None:
+                return self._generator
+            try:
+                generator = load(path)  # on the CPU: the device still holds only the cached generator
+            except ExportError as err:
+                raise AppInputError(str(err)) from err
+            except Exception as err:  # anything else a damaged file may raise; the cache stays as it was
+                detail = " ".join(str(err).split())[:300] or type(err).__name__
+                raise AppInputError(f"generator {path.name} could not be loaded ({detail}).") from err
+            self._generator, self._key = None, None  # free the old one before the new one takes the device
+            self._generator, self._key = generator.to(self.device).eval(), key
             return self._generator
 
 

@@ -439,9 +439,13 @@ def build_app(
         with gr.Tab("Translate", id="translate"):
             with gr.Row(equal_height=True):
                 generator = gr.Dropdown(
-                    choices=labels, value=labels[0] if labels else None, label="Generator", scale=5
+                    choices=labels,
+                    value=labels[0] if labels else None,
+                    label="Generator",
+                    scale=5,
+                    elem_id="translate-generator",
                 )
-                refresh_button = gr.Button("Refresh list", scale=1)
+                refresh_button = gr.Button("Refresh list", scale=1, elem_id="translate-refresh")
             info = gr.Markdown(state.generator_info())
             uploads = gr.File(
                 label=f"Images (one or many). {limit}",

@@ -33,7 +33,10 @@ which matters for pix2pix's batch-norm U-Nets only; the published CycleGAN model
 Only the official reflection padding in residual blocks is accepted (the default; zero padding is refused).
 
 Files are read with `torch.load(weights_only=True)`: nothing in them is executed, and anything other than a
-mapping of names to tensors is refused.
+mapping of names to tensors is refused. Nothing is built from a file before its size (MAX_FILE_BYTES), its
+tensors' element count and the inferred architecture have passed the bounds of `generator_file`
+(`check_generator_args`: widths, depths and at most MAX_PARAMETERS parameters), counted from the shapes alone:
+a small file whose tensors expand from one stored value cannot make the converter allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -48,12 +51,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from stylegan_transfer.inference.generator_file import ExportError, save_generator
+from stylegan_transfer.inference.generator_file import (
+    MAX_PARAMETERS,
+    ExportError,
+    check_generator_args,
+    save_generator,
+)
 from stylegan_transfer.networks import build_generator
+from stylegan_transfer.unpickling import refusal_reason
 
 SOURCE_FORMAT = "official CycleGAN/pix2pix state dict (junyanz/pytorch-CycleGAN-and-pix2pix)"
 _RESNET_BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.(\d+)\.weight$")
 _STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+MAX_FILE_BYTES = (
+    4 * MAX_PARAMETERS + 64 * 2**20
+)  # float32 weights of the largest generator allowed, plus slack
 
 
 class OfficialFormatError(ExportError):
@@ -65,13 +77,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise OfficialFormatError(f"{path} does not exist; give the path of a .pth state dict.")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise OfficialFormatError(
+            f"{path} was refused: {size:,} bytes, more than a generator file can be ({MAX_FILE_BYTES:,})."
+        )
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says enough
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise OfficialFormatError(
-            f"{path} was refused: not a plain state dict of tensors ({_unpickler_reason(err)}); "
+            f"{path} was refused: not a plain state dict of tensors ({refusal_reason(err)}); "
             "nothing in it was run."
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
@@ -86,15 +103,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise OfficialFormatError(f"{path} is not a state dict of tensors (entry {bad[0]!r}).")
     if all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
         state = {k.removeprefix("module."): v for k, v in state.items()}
+    check_tensor_sizes(state, str(path))
     return dict(state)
 
 
-def _unpickler_reason(err: Exception) -> str:
-    """The one informative line of torch's weights-only refusal (e.g. `Unsupported global: GLOBAL io.open`)."""
-    text = str(err)
-    detail = text.partition("WeightsUnpickler error:")[2].strip() or text.strip()
-    line = detail.splitlines()[0] if detail else type(err).__name__
-    return line.partition(" was not an allowed global")[0].strip()
+def check_tensor_sizes(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse tensors that claim more elements than the largest generator allowed has parameters (from their
+    shapes alone: a tensor expanded from one stored value claims its full size)."""
+    total = 0
+    for key, value in state.items():
+        total += value.numel()
+        if total > 2 * MAX_PARAMETERS:  # weights plus norm statistics, with room to spare
+            raise OfficialFormatError(
+                f"{where} was refused: its tensors claim more than {2 * MAX_PARAMETERS:,} values "
+                f"(at {key}, shape {tuple(value.shape)}); no generator this package builds is that large."
+            )
 
 
 def _drop_unused_norm_statistics(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -212,6 +235,7 @@ def convert_state_dict(
     state: dict[str, torch.Tensor], *, where: str = "state dict", unet_dropout: bool = False
 ) -> tuple[str, dict[str, Any], nn.Module]:
     """(arch, constructor kwargs, our generator holding the weights) for an official-layout state dict."""
+    check_tensor_sizes(state, where)
     state = _drop_unused_norm_statistics(state)
     if any(_RESNET_BLOCK.match(k) for k in state):
         arch = "resnet"
@@ -234,6 +258,12 @@ def convert_state_dict(
             f"{where}: a generator for {kwargs['in_channels']} -> {kwargs['out_channels']} channels; "
             "only RGB (3 -> 3) generators can be converted."
         )
+    try:  # widths, depths and the parameter budget, counted without building anything
+        check_generator_args(arch, kwargs)
+    except ValueError as err:
+        raise OfficialFormatError(
+            f"{where} was refused: the inferred {arch} is out of bounds: {err}."
+        ) from None
     del kwargs["in_channels"], kwargs["out_channels"]
     try:
         generator = build_generator(arch, **kwargs)

@@ -7,9 +7,12 @@
 The CycleGAN authors publish their generators as plain PyTorch state dicts at
 `<base>/<name>.pth`, base `http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models` (another host with
 `--base-url` or STYLEGAN_PRETRAINED_URL). The download resumes after an interruption (HTTP Range on
-`<name>.pth.part`) and checks the announced size; the file is read with `weights_only=True`, converted by
-`official` into our generator format with full metadata, written atomically to
-`<cache>/pretrained/<name>.safetensors`, and the `.pth` removed. The cache folder is
+`<name>.pth.part`) and checks the announced size; it is bounded per model (`PretrainedModel.max_mib`, a
+little above the published file's size), read with `weights_only=True`, checked against the sha256 recorded
+when that model was first converted (`digests`), bounded again by `official` (shapes and parameter count,
+before anything is built), converted into our generator format with full metadata, written atomically to
+`<cache>/pretrained/<name>.safetensors`, and the `.pth` removed. A refused download is deleted: nothing is
+left in the cache. Every error is one line naming the file or URL and what to do. The cache folder is
 `$STYLEGAN_TRANSFER_CACHE`, else `$XDG_CACHE_HOME/stylegan_transfer`, else `~/.cache/stylegan_transfer`.
 STYLEGAN_TRANSFER_OFFLINE=1 never touches the network (the cache or a `.pth` placed by hand only).
 """
@@ -29,6 +32,7 @@ from torch import nn
 from stylegan_transfer import datasets
 from stylegan_transfer.cache import CACHE_ENV, cache_dir
 from stylegan_transfer.datasets import DownloadError, download_file
+from stylegan_transfer.inference import digests
 from stylegan_transfer.inference.generator_file import ExportError, load_generator, read_metadata
 from stylegan_transfer.inference.official import OfficialFormatError, convert_official
 
@@ -49,10 +53,17 @@ class PretrainedModel:
     dataset: str  # the official dataset it was trained on
     style: str  # our style name (configs/style) where one exists, else the model name
     train_size: int = 256  # crop size it was trained at (ResNet-9, 64 channels, instance norm)
+    max_mib: int = (
+        64  # bound on the download: the published ResNet-9 files hold 11.4 M float32 values (~44 MiB)
+    )
 
     @property
     def direction(self) -> str:
         return f"{self.source} -> {self.target}"
+
+    @property
+    def max_bytes(self) -> int:
+        return self.max_mib * 2**20
 
 
 MODELS: dict[str, PretrainedModel] = {
@@ -129,12 +140,23 @@ def _model(name: str) -> PretrainedModel:
     return MODELS[name]
 
 
-def _manual_hint(url: str, original: Path, target: Path) -> str:
+def _manual_hint(original: Path) -> str:
+    """The short form of the manual route (the whole one is in `--help` and the README)."""
     return (
-        f"To install it by hand: download {url} on a machine with internet access and put it at {original} "
-        f"(it is converted on first use); or run `stylegan-download --pretrained {target.stem}` on such a "
-        f"machine and copy the {target.name} it writes to {target}."
+        f"to install it by hand, put that file at {original} (see `stylegan-download --pretrained --help`)."
     )
+
+
+MANUAL_ROUTE = (
+    "Without internet access on this machine: download <base>/<name>.pth on another machine and put it at "
+    "<cache>/pretrained/<name>.pth here (it is checked and converted on first use); or run `stylegan-download "
+    "--pretrained NAME` on a machine with internet access and copy the <name>.safetensors it writes to "
+    "<cache>/pretrained/ here."
+)
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def _offline() -> bool:
@@ -165,16 +187,19 @@ def download_pretrained(
         return target
     url = url or f"{base_url()}/{name}.pth"
     original = target.with_suffix(".pth")
-    hint = _manual_hint(url, original, target)
+    hint = _manual_hint(original)
     placed_by_hand = original.exists()
     if not placed_by_hand:
         if _offline():
-            raise PretrainedError(f"{name} is not in the cache and {OFFLINE_ENV} is set.\n{hint}")
+            raise PretrainedError(
+                f"{name} is not in the cache and {OFFLINE_ENV} is set: {url} is needed; {hint}"
+            )
         try:
-            download_file(url, original, timeout=timeout, progress=progress, hint=hint)
+            download_file(url, original, timeout=timeout, progress=progress, max_bytes=model.max_bytes)
         except DownloadError as err:
-            raise PretrainedError(str(err)) from None
+            raise PretrainedError(f"{_one_line(err)} Without network, {hint}") from None
     try:
+        _check_original(name, model, original, root=target.parent.parent)
         convert_official(
             original,
             target,
@@ -185,17 +210,38 @@ def download_pretrained(
             role="g_ab",
             train_size=model.train_size,
             source_url=url,
-            extra={"dataset": model.dataset, "credit": CREDIT},
+            extra={
+                "dataset": model.dataset,
+                "credit": CREDIT,
+                "source_sha256": digests.sha256_file(original),
+            },
         )
-    except OfficialFormatError as err:
+    except (OfficialFormatError, MemoryError, RuntimeError, OSError) as err:
+        reason = _one_line(err) if isinstance(err, OfficialFormatError) else f"{original}: {_one_line(err)}"
         if placed_by_hand:
-            raise PretrainedError(f"{err}\n{original} was placed by hand; replace it.\n{hint}") from None
-        original.unlink(missing_ok=True)  # a broken download would otherwise be reused on every run
-        raise PretrainedError(f"{err}\nDeleted it; rerun to download again.\n{hint}") from None
+            raise PretrainedError(f"{reason} It was placed by hand and is kept; replace it.") from None
+        original.unlink(missing_ok=True)  # a refused download would otherwise be reused on every run
+        raise PretrainedError(f"{reason} Deleted it; rerun to download again.") from None
+    digests.record(target.parent.parent, name, digests.sha256_file(original))
     if not keep_original:
         original.unlink(missing_ok=True)
     log.info("%s ready in %s", name, target)
     return target
+
+
+def _check_original(name: str, model: PretrainedModel, original: Path, *, root: Path) -> None:
+    """Refuse a `.pth` larger than the model's bound or unlike the one first converted (OfficialFormatError)."""
+    size = original.stat().st_size
+    if size > model.max_bytes:
+        raise OfficialFormatError(
+            f"{original} was refused: {size:,} bytes, more than the {model.max_mib} MiB {name} can be."
+        )
+    expected = digests.recorded(root, name)
+    if expected is not None and digests.sha256_file(original) != expected:
+        raise OfficialFormatError(
+            f"{original} was refused: its sha256 differs from the {expected[:16]}… recorded when {name} was "
+            f"first converted (see {root / digests.FILE_NAME})."
+        )
 
 
 def load_pretrained(name: str, *, device: str = "cpu", **kwargs) -> nn.Module:
@@ -214,6 +260,8 @@ def pretrained_main(argv: Sequence[str] | None = None) -> int:
         prog="stylegan-download --pretrained",
         description="Download the official CycleGAN generators and convert them into the cache "
         "(<cache>/pretrained/<name>.safetensors).",
+        epilog=f"{MANUAL_ROUTE} <base> is {DEFAULT_BASE_URL}; <cache> is ${CACHE_ENV}, else "
+        "$XDG_CACHE_HOME/stylegan_transfer, else ~/.cache/stylegan_transfer.",
     )
     parser.add_argument("--pretrained", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("names", nargs="*", help="model names, e.g. style_vangogh horse2zebra")

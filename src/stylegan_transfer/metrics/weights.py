@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from stylegan_transfer.atomic import atomic_path
 from stylegan_transfer.cache import cache_dir
 from stylegan_transfer.metrics.scores import LPIPS, FIDInceptionV3, InceptionFeatures
+from stylegan_transfer.unpickling import first_line, refusal_reason
 
 FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 LPIPS_LIN_URLS = {
@@ -144,11 +145,17 @@ def _fid_state_from_file(path: Path) -> dict[str, torch.Tensor]:
         return fid_state_from_torchscript(data, str(path))
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's refusal would suggest turning the safe load off
+        raise MetricWeightsError(
+            f"FID Inception weights file {path} was refused: not a plain state dict of tensors "
+            f"({refusal_reason(err)}); nothing in it was run. Expected {Path(FID_URL).name}, {FID_WHEEL} or "
+            "its default_1.pt."
+        ) from None
     except Exception as err:
         raise MetricWeightsError(
-            f"could not read {path} as a pytorch-fid state dict ({err}). Expected {Path(FID_URL).name}, "
-            f"{FID_WHEEL} or its default_1.pt."
-        ) from err
+            f"could not read {path} as a pytorch-fid state dict ({first_line(err)}). Expected "
+            f"{Path(FID_URL).name}, {FID_WHEEL} or its default_1.pt."
+        ) from None
     if not isinstance(state, dict):
         raise MetricWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
     return {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}

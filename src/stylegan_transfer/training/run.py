@@ -43,6 +43,7 @@ from stylegan_transfer.training.callbacks import (
     RNGState,
     evaluated_generator,
 )
+from stylegan_transfer.training.config_rules import check_config
 from stylegan_transfer.training.resume import ResumeError, check_resume, find_resume_point
 from stylegan_transfer.training.settings import SettingError
 
@@ -404,6 +405,10 @@ def run_job(cfg: DictConfig) -> float | None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train a model as `cfg` describes; returns the last logged metrics (plus `optimized_metric`'s value)."""
+    try:
+        check_config(cfg)  # every numeric and boolean setting, before anything is seeded or built
+    except SettingError as err:
+        raise ConfigError(str(err)) from None
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 

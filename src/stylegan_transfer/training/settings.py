@@ -40,12 +40,32 @@ def fraction(name: str, value: Any) -> None:
         raise SettingError(name, "a number from 0 to below 1", value)
 
 
-def count(name: str, value: Any, *, low: int = 0, optional: bool = False) -> None:
-    """An integer >= low (None allowed when `optional`)."""
+def count(name: str, value: Any, *, low: int = 0, high: int | None = None, optional: bool = False) -> None:
+    """An integer from `low` to `high` (no upper bound when None; None allowed when `optional`)."""
     if optional and value is None:
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise SettingError(name, f"an integer >= {low}" + (" (or null)" if optional else ""), value)
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        upper = f" and <= {high}" if high is not None else ""
+        raise SettingError(name, f"an integer >= {low}{upper}" + (" (or null)" if optional else ""), value)
+
+
+def number(name: str, value: Any, *, low: float, high: float) -> None:
+    """A finite number from `low` to `high`."""
+    if not _is_number(value) or not low <= value <= high:
+        raise SettingError(name, f"a number from {low} to {high}", value)
+
+
+def flag(name: str, value: Any, *, optional: bool = False) -> None:
+    """true or false (None allowed when `optional`); 'maybe', 1 or 'yes' are not booleans."""
+    if optional and value is None:
+        return
+    if not isinstance(value, bool):
+        raise SettingError(name, "true or false" + (" (or null)" if optional else ""), value)
 
 
 def check_training_settings(
