@@ -385,7 +385,7 @@ def run_tiled(size: int, device: torch.device, args: argparse.Namespace, precisi
     """One size x size image through the user's path (`translate_tensor`: the host image in, the host image
     out) with the default tiles (TileOptions(): 512 px, 128 overlap, statistics from a 1024 px copy)."""
     from stylegan_transfer.inference.tiling import TileOptions
-    from stylegan_transfer.inference.translate import translate_tensor
+    from stylegan_transfer.inference.translation import translate_tensor
 
     net = paper_generator(args, device)
     x = torch.rand(1, 3, size, size) * 2 - 1  # (1, 3, H, W) on the host, as an image file arrives

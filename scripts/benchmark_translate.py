@@ -50,7 +50,7 @@ def child_memory(size: str, tile: int, overlap: int, threads: int, max_tiles: in
     import torch
 
     from stylegan_transfer.inference.tiling import TileOptions
-    from stylegan_transfer.inference.translate import translate
+    from stylegan_transfer.inference.translation import translate
 
     torch.set_num_threads(threads)
     width, height = (int(v) for v in size.split("x"))
@@ -96,7 +96,7 @@ def child_difference(side: int, tile: int, overlap: int, threads: int) -> dict:
 
     from stylegan_transfer.images import to_tensor
     from stylegan_transfer.inference.tiling import TileOptions
-    from stylegan_transfer.inference.translate import translate_tensor
+    from stylegan_transfer.inference.translation import translate_tensor
 
     torch.set_num_threads(threads)
     generator = _generator()

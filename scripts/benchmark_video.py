@@ -35,7 +35,7 @@ GENERATORS = {"demo": {"channels": 32, "n_blocks": 6}, "paper": {"channels": 64,
 def _generator(checkpoint: str | None, size: str = "demo"):
     import torch
 
-    from stylegan_transfer.inference.translate import load
+    from stylegan_transfer.inference.translation import load
     from stylegan_transfer.networks import build_generator, init_weights
 
     if checkpoint:

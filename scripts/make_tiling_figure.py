@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from stylegan_transfer.images import load_rgb, to_image, to_tensor
 from stylegan_transfer.inference.tiling import TileOptions
-from stylegan_transfer.inference.translate import load, translate_tensor
+from stylegan_transfer.inference.translation import load, translate_tensor
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

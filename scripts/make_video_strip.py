@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from stylegan_transfer.atomic import atomic_path
-from stylegan_transfer.inference.translate import load
+from stylegan_transfer.inference.translation import load
 from stylegan_transfer.inference.video import import_av, translate_video
 
 DEMO = Path(__file__).resolve().parents[1] / "src/stylegan_transfer/assets/demo/testA"

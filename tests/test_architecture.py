@@ -103,3 +103,52 @@ def test_every_wing_has_modules_and_the_list_is_complete():
     assert all(_modules(wing) for wing in WINGS)
     ground = {m.split(".")[-1] for m in _modules(None)}
     assert {"networks", "losses", "perceptual", "image_pool", "images", "datasets"} <= ground
+
+
+def _edges(path: Path) -> set[str]:
+    """The package's modules this file imports (lazy imports included): `from pkg import mod` counts as an import of
+    the module `pkg.mod`, not of `pkg`'s __init__ (which would join every sibling into one false circle)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names}
+            named = submodules & ALL_MODULES
+            found |= named or {node.module}
+    return found & ALL_MODULES
+
+
+ALL_MODULES = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
+def _import_circles() -> list[list[str]]:
+    graph = {_module_name(p): _edges(p) for p in PACKAGE.rglob("*.py")}
+    circles, state = [], {}  # state: 1 = on the current path, 2 = done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                circles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return circles
+
+
+def test_no_import_circles_anywhere_lazy_imports_included():
+    """No module reaches itself through imports, inside a wing or across: circles closed by a lazy import count."""
+    assert _import_circles() == []
+
+
+def test_the_circle_check_sees_a_lazy_import(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("import stylegan_transfer.b\n")
+    b.write_text("def f():\n    from stylegan_transfer import a  # lazy\n")
+    monkeypatch.setitem(globals(), "ALL_MODULES", {"stylegan_transfer.a", "stylegan_transfer.b"})
+    assert _edges(a) == {"stylegan_transfer.b"} and _edges(b) == {"stylegan_transfer.a"}

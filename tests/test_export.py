@@ -62,7 +62,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from stylegan_transfer.images import to_tensor
 from stylegan_transfer.inference.generator_file import load_generator
-from stylegan_transfer.inference.translate import translate_tensor
+from stylegan_transfer.inference.translation import translate_tensor
 generator = load_generator(sys.argv[1])
 x = to_tensor(Image.open(sys.argv[2])).unsqueeze(0)
 save_file({"y": translate_tensor(generator, x, device="cpu").contiguous()}, sys.argv[3])

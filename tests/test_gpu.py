@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stylegan_transfer.inference import tiling
-from stylegan_transfer.inference.translate import translate_tensor
+from stylegan_transfer.inference.translation import translate_tensor
 from stylegan_transfer.networks import build_generator, init_weights
 
 pytestmark = pytest.mark.gpu

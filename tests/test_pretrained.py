@@ -24,8 +24,8 @@ from PIL import Image
 from torch import nn
 
 from stylegan_transfer.images import to_image, to_tensor
-from stylegan_transfer.inference import export, pretrained
-from stylegan_transfer.inference.generator_file import load_generator, read_metadata
+from stylegan_transfer.inference import export, pretrained, translation
+from stylegan_transfer.inference.generator_file import ExportError, load_generator, read_metadata
 from stylegan_transfer.inference.official import OfficialFormatError, convert_official, read_state_dict
 from stylegan_transfer.inference.translate import main as translate_main
 from stylegan_transfer.networks import build_generator
@@ -404,7 +404,9 @@ def test_download_converts_once_into_the_cache_with_full_metadata(server, cache,
     assert meta["train_size"] == 256 and meta["value_range"] == [-1.0, 1.0]
     assert meta["source_url"] == f"{server.url}/horse2zebra.pth"
     assert meta["converted_from"] == "horse2zebra.pth" and meta["name"] == "horse2zebra"
-    generator = load_generator("horse2zebra")  # the Python API resolves the name through the cache
+    generator = translation.load("horse2zebra")  # the Python API resolves the name through the cache
+    with pytest.raises(ExportError, match="does not exist"):
+        load_generator("horse2zebra")  # the file reader never downloads: names are the caller's to resolve
     x = _image_tensor(32)
     with torch.no_grad():
         assert torch.equal(generator(x), official(x))
@@ -454,7 +456,7 @@ def test_a_file_placed_by_hand_is_converted_without_network(cache, tmp_path, mon
     official = _randomise(OfficialResnetGenerator(4, 9), seed=3)
     official_file(cache / "pretrained", official, "sat2map.pth")
     monkeypatch.setenv("STYLEGAN_TRANSFER_OFFLINE", "1")
-    generator = load_generator("sat2map")
+    generator = translation.load("sat2map")
     assert generator.export_metadata["direction"] == "aerial photo -> map"
     x = _image_tensor(32, seed=2)
     with torch.no_grad():

@@ -16,7 +16,8 @@ from stylegan_transfer.inference.tiling import (
     fixed_instance_norm_stats,
     record_instance_norm_stats,
 )
-from stylegan_transfer.inference.translate import main, translate, translate_tensor
+from stylegan_transfer.inference.translate import main
+from stylegan_transfer.inference.translation import translate, translate_tensor
 from stylegan_transfer.networks import build_generator, init_weights
 
 

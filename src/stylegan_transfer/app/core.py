@@ -26,7 +26,7 @@ from stylegan_transfer.images import load_rgb, to_image, to_tensor
 from stylegan_transfer.inference.generator_file import ExportError, read_metadata
 from stylegan_transfer.inference.pretrained import MODELS, model_path
 from stylegan_transfer.inference.tiling import TileOptions
-from stylegan_transfer.inference.translate import load, translate_tensor
+from stylegan_transfer.inference.translation import load, translate_tensor
 from stylegan_transfer.inference.video import (
     VideoError,
     VideoInfo,

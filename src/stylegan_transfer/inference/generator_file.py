@@ -198,18 +198,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a generator from an export. The result is in eval mode; its metadata is `.export_metadata`.
+    """Rebuild a generator from an export file. The result is in eval mode; its metadata is `.export_metadata`.
 
-    `path` may also name a pretrained model (`"style_vangogh"`, see `inference.pretrained`): it is
-    downloaded and converted into the cache on first use. A file of that name takes precedence.
-    Every problem (bounds, building, weights that do not fit, NaN or infinite weights) is an ExportError
-    of one line naming the file.
+    A file reader only: it never downloads (a pretrained model's name is resolved to its file by
+    `pretrained.resolve`, which `translation.load` calls). Every problem (bounds, building, weights that do not
+    fit, NaN or infinite weights) is an ExportError of one line naming the file.
     """
-    if not Path(path).exists():
-        from stylegan_transfer.inference import pretrained  # it imports this module: resolve names lazily
-
-        if pretrained.is_pretrained_name(str(path)):
-            path = pretrained.download_pretrained(str(path))
     meta = read_metadata(path)  # arch and arguments checked: building cannot exhaust memory
     try:
         generator = build_generator(meta["arch"], **meta["kwargs"])

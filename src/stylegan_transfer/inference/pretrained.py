@@ -244,6 +244,15 @@ def _check_original(name: str, model: PretrainedModel, original: Path, *, root: 
         )
 
 
+def resolve(name_or_path: str | Path, **kwargs) -> Path:
+    """The generator file `name_or_path` stands for: an existing file is itself (it wins over a model of the same
+    name); a pretrained model's name is its converted file, downloaded and converted on first use (`kwargs` go to
+    `download_pretrained`); anything else is returned as a path, for its reader to name."""
+    if Path(name_or_path).exists() or not is_pretrained_name(str(name_or_path)):
+        return Path(name_or_path)
+    return download_pretrained(str(name_or_path), **kwargs)
+
+
 def load_pretrained(name: str, *, device: str = "cpu", **kwargs) -> nn.Module:
     """The pretrained generator `name` (downloaded and converted on first use), in eval mode."""
     return load_generator(download_pretrained(name, **kwargs), device=device)

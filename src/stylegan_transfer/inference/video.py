@@ -72,6 +72,7 @@ from stylegan_transfer.inference.tiling import (
     fixed_instance_norm_stats,
     record_instance_norm_stats,
 )
+from stylegan_transfer.inference.translation import translate_tensor
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".gif"})
 CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".gif": "gif"}
@@ -660,8 +661,6 @@ def translate_video(
     with input and translation next to each other (same container as `output`). Raises `VideoError` (one
     line naming the file) when a file cannot be read or written, leaving no output; a video found damaged
     part-way is reported in the result's `damaged`, and the output holds the frames translated before."""
-    from stylegan_transfer.inference.translate import translate_tensor  # lazy: translate.py imports this
-
     av = import_av()
     if stats not in STATS_MODES:
         raise ValueError(f"unknown stats mode {stats!r}; choose {' or '.join(STATS_MODES)}")
@@ -806,7 +805,7 @@ VIDEO_FORMATS = ("same", "mp4", "mov", "mkv", "webm", "gif")
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
-    """The video options of `stylegan-translate` (see `inference.translate.main`)."""
+    """The video options of `stylegan-translate` (see `inference.translate.main`, which imports this module)."""
     group = parser.add_argument_group(f"video inputs (mp4, mov, mkv, webm, gif; needs PyAV: {INSTALL_HINT})")
     group.add_argument(
         "--video-format",
