@@ -169,3 +169,13 @@ def test_each_bad_file_is_named_once_per_run_with_workers_and_validation(tmp_pat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert sum(f"skipping {bad}:" in line for line in logged(result)) == 1
+
+
+def test_a_broken_link_is_named_once_however_often_its_folder_is_listed(tmp_path, caplog):
+    folder = tmp_path / "trainA"
+    good = sorted(write_images(folder, 2, seed=1))
+    (folder / "broken.png").symlink_to(tmp_path / "missing.png")
+    with caplog.at_level(logging.WARNING, logger="stylegan_transfer.images"):
+        for _ in range(3):  # a run lists its folders several times (check, data module, evaluation files)
+            assert list_images(folder) == good
+    assert caplog.text.count(str(folder / "broken.png")) == 1, caplog.text

@@ -31,13 +31,25 @@ class FolderError(OSError):
     """A folder of images cannot be read; the message names it and why."""
 
 
+_SKIPS_REPORTED: set[str] = set()  # the skip warnings this process already gave
+
+
+def _skip_once(message: str) -> None:
+    """Warn `message` (which names the skipped path) once per process: a run lists its folders several times (the
+    check before training, the data module, the evaluation files), and each bad path is named once."""
+    if message not in _SKIPS_REPORTED:
+        _SKIPS_REPORTED.add(message)
+        log.warning(message)
+
+
 def list_images(
     folder: str | Path, *, recursive: bool = True, extensions: frozenset[str] = IMAGE_EXTENSIONS
 ) -> list[Path]:
     """Sorted image files under `folder` (by extension, `extensions`; other files are ignored).
 
     Raises FolderError when `folder` itself cannot be read. Sub-folders that cannot be read, links to a
-    folder already listed (symbolic link loops) and broken links are skipped with one warning each.
+    folder already listed (symbolic link loops) and broken links are skipped with one warning each per process,
+    however many times the folder is listed.
     """
     folder = Path(folder)
     found: list[Path] = []
@@ -52,11 +64,11 @@ def list_images(
         except OSError as err:
             if current == folder:
                 raise FolderError(f"cannot read folder {folder}: {err.strerror or err}") from None
-            log.warning("skipping folder %s: %s", current, err.strerror or err)
+            _skip_once(f"skipping folder {current}: {err.strerror or err}")
             continue
         key = (info.st_dev, info.st_ino)
         if key in seen:
-            log.warning("skipping %s: it links to a folder already listed (a symbolic link loop?)", current)
+            _skip_once(f"skipping {current}: it links to a folder already listed (a symbolic link loop?)")
             continue
         seen.add(key)
         for entry in entries:
@@ -72,7 +84,7 @@ def list_images(
                 if path.suffix.lower() in extensions:
                     found.append(path)
             elif entry.is_symlink() and path.suffix.lower() in extensions:
-                log.warning("skipping %s: a broken symbolic link", path)
+                _skip_once(f"skipping {path}: a broken symbolic link")
     return sorted(found)
 
 
