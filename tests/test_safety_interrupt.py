@@ -99,3 +99,78 @@ def test_ctrl_c_exits_130_with_status_interrupted(compose_cfg, cyclegan_dir, tmp
     assert json.loads((run_dir / "result.json").read_text())["status"] == "interrupted"
     assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
     assert not (run_dir / "export").exists()  # nothing half-trained exported as if it were done
+
+
+def test_ctrl_c_mid_epoch_then_resume_logs_the_steps_of_the_uninterrupted_run(
+    compose_cfg, cyclegan_dir, tmp_path, monkeypatch
+):
+    """Issue 25 item 7: after Ctrl-C the weights resumed exactly, but every logged step came one off."""
+    overrides = data_overrides(cyclegan_dir)
+    full = step_losses(run(compose_cfg, tmp_path / "full", *overrides))
+    original = CycleGANModule.training_step
+
+    def pressed(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 1:  # Ctrl-C, mid-epoch, before this batch trains
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CycleGANModule, "training_step", pressed)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # Lightning ignores SIGINT from then on
+    with pytest.raises(TrainingInterrupted) as err:
+        run(compose_cfg, tmp_path / "stopped", *overrides)
+    monkeypatch.setattr(CycleGANModule, "training_step", original)
+    assert err.value.exit_code == 130
+    interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
+    resumed = step_losses(run(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}"))
+    assert len(resumed) >= 6  # the rest of epoch 1, and epoch 2
+    assert set(resumed) <= set(full), (
+        f"logged at steps {sorted(set(resumed) - set(full))} the full run never had"
+    )
+    for step, values in resumed.items():
+        assert values == pytest.approx(full[step], rel=1e-6, abs=1e-7), f"step {step}"
+
+
+def test_ctrl_c_pressed_inside_a_batch_stops_after_it_and_resumes_exactly(
+    compose_cfg, cyclegan_dir, tmp_path, monkeypatch
+):
+    """A real SIGINT in the middle of a step: the batch finishes, then training stops with interrupted.ckpt."""
+    overrides = data_overrides(cyclegan_dir)
+    full = step_losses(run(compose_cfg, tmp_path / "full", *overrides))
+    original = CycleGANModule.training_step
+
+    def pressed(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while this batch trains
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CycleGANModule, "training_step", pressed)
+    with pytest.raises(TrainingInterrupted) as err:
+        run(compose_cfg, tmp_path / "stopped", *overrides)
+    monkeypatch.setattr(CycleGANModule, "training_step", original)
+    assert err.value.exit_code == 130
+    interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
+    state = torch.load(interrupted, weights_only=True)
+    assert state["global_step"] == 2 * 6  # the 4 batches of epoch 0 and 2 of epoch 1, the pressed one finished
+    resumed = step_losses(run(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}"))
+    assert sorted(resumed) == [step for step in sorted(full) if step >= 6]
+    for step, values in resumed.items():
+        assert values == pytest.approx(full[step], rel=1e-6, abs=1e-7), f"step {step}"
+
+
+def test_a_stop_between_two_optimiser_steps_saves_no_half_stepped_state(
+    compose_cfg, cyclegan_dir, tmp_path, monkeypatch, caplog
+):
+    original = CycleGANModule.discriminator_terms
+
+    def stopped(self, *args, **kwargs):  # the generators have stepped; the discriminators not yet
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CycleGANModule, "discriminator_terms", stopped)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    with pytest.raises(TrainingInterrupted):
+        run(compose_cfg, tmp_path / "stopped", *data_overrides(cyclegan_dir))
+    checkpoints = tmp_path / "stopped" / "checkpoints"
+    assert not (checkpoints / "interrupted.ckpt").exists() and (checkpoints / "last.ckpt").is_file()
+    assert "between two optimiser steps" in caplog.text and "resume from last.ckpt" in caplog.text

@@ -11,6 +11,8 @@ import logging
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -133,17 +135,67 @@ class SampleGrid(L.Callback):
 
 
 class CheckpointOnException(L.Callback):
-    """Saves `interrupted.ckpt` when training stops on an exception or Ctrl-C (single process only)."""
+    """Saves `interrupted.ckpt` when training stops on an exception or Ctrl-C (single process only).
+
+    Ctrl-C is deferred until the batch in flight has trained (a second press stops at once), so the saved state is
+    the one of a batch boundary: resuming from it trains and logs exactly as the uninterrupted run. A stop that
+    comes inside a batch is saved only if no optimiser has stepped in that batch yet (the batch is then not counted
+    as started, so Lightning retrains it and its logged steps line up); one that comes between the optimisers'
+    steps (the generators stepped, the discriminators not) saves nothing, as such a state resumes half a step on.
+    """
 
     def __init__(self, *, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
+        self._steps_at_batch_start = 0
+        self._in_batch = False
+        self._saving_mid_batch = False
+        self._pressed = False
+        self._previous_handler: Any = None
 
+    # ------------------------------------------------------------------------- Ctrl-C at the batch boundary
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._pressed or not self._in_batch:
+            raise KeyboardInterrupt
+        self._pressed = True
+        log.warning("Ctrl-C: stopping after this batch (press Ctrl-C again to stop at once)")
+
+    def _restore_sigint(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._steps_at_batch_start, self._in_batch = trainer.global_step, True
+        if self._pressed:  # pressed during the previous batch, which finished: stop before this one trains
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._in_batch = False
+
+    # ------------------------------------------------------------------------- saving
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        self._restore_sigint()
         if trainer.world_size != 1 or trainer.state.stage is None or trainer.global_step == 0:
             return
         path = self.dirpath / "interrupted.ckpt"
+        if self._in_batch and trainer.global_step != self._steps_at_batch_start:
+            log.warning(
+                "training stopped by %s between two optimiser steps of a batch: no %s (that state would resume "
+                "half a step on); resume from last.ckpt",
+                type(exception).__name__,
+                path.name,
+            )
+            return
+        self._saving_mid_batch = self._in_batch
         try:
             trainer.save_checkpoint(path)
             log.warning(
@@ -154,6 +206,18 @@ class CheckpointOnException(L.Callback):
             )
         except Exception as err:  # never mask the original exception
             log.error("could not save %s: %s", path, err)
+        finally:
+            self._saving_mid_batch = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """A save inside a batch that no optimiser stepped in: that batch is recorded as never started, so the
+        checkpoint is that of the previous batch's end (Lightning would otherwise count it as stepped on resume
+        and log every later step one too far)."""
+        if not self._saving_mid_batch:
+            return
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        for counts in (progress["total"], progress["current"]):
+            counts["ready"] = counts["started"] = counts["processed"] = counts["completed"]
 
 
 # ----------------------------------------------------------------------------- state in every checkpoint
