@@ -150,7 +150,8 @@ def test_ctrl_c_pressed_inside_a_batch_stops_after_it_and_resumes_exactly(
     assert err.value.exit_code == 130
     interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
     state = torch.load(interrupted, weights_only=True)
-    assert state["global_step"] == 2 * 6  # the 4 batches of epoch 0 and 2 of epoch 1, the pressed one finished
+    # the 4 batches of epoch 0 and 2 of epoch 1, the pressed one finished
+    assert state["global_step"] == 2 * 6
     resumed = step_losses(run(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}"))
     assert sorted(resumed) == [step for step in sorted(full) if step >= 6]
     for step, values in resumed.items():
