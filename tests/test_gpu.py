@@ -54,5 +54,5 @@ def test_automatic_tiling_uses_the_real_free_memory():
     free, _ = torch.cuda.mem_get_info(device)
     fits = int(free * tiling.GPU_FREE_FRACTION) // tiling.bytes_per_pixel(net)  # pixels allowed untiled
     side = int(fits**0.5)
-    assert tiling.auto_tile_options(net, (1, 3, side // 2, side // 2), device) is None
-    assert tiling.auto_tile_options(net, (1, 3, 2 * side, 2 * side), device) is not None
+    assert not tiling.plan_tiles(net, (1, 3, side // 2, side // 2), device).tiled
+    assert tiling.plan_tiles(net, (1, 3, 2 * side, 2 * side), device).tiled

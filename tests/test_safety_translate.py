@@ -6,6 +6,7 @@ Automatic tiling must give exactly the documented `--tile 512` output; the budge
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import subprocess
 import sys
@@ -40,13 +41,11 @@ def smooth_photo(path: Path, width: int, height: int) -> Path:
 def test_default_generator_on_a_6000x4000_photo_is_tiled_on_the_cpu():
     with torch.device("meta"):
         generator = build_generator("resnet")  # the paper's 64 channels
-    assert (
-        tiling.auto_tile_options(generator, (1, 3, 4000, 6000), torch.device("cpu")) == tiling.TileOptions()
-    )
-    assert tiling.auto_tile_options(generator, (1, 3, 256, 256), torch.device("cpu")) is None
+    assert tiling.plan_tiles(generator, (1, 3, 4000, 6000), torch.device("cpu")) == tiling.TileOptions()
+    assert not tiling.plan_tiles(generator, (1, 3, 256, 256), torch.device("cpu")).tiled
     # 4 photos of 1000x700 in one batch would not fit untiled; one would
-    assert tiling.auto_tile_options(generator, (4, 3, 700, 1000), torch.device("cpu")) is not None
-    assert tiling.auto_tile_options(generator, (1, 3, 700, 1000), torch.device("cpu")) is None
+    assert tiling.plan_tiles(generator, (4, 3, 700, 1000), torch.device("cpu")).tiled
+    assert not tiling.plan_tiles(generator, (1, 3, 700, 1000), torch.device("cpu")).tiled
 
 
 def test_on_a_gpu_the_budget_is_half_its_free_memory(monkeypatch):
@@ -54,9 +53,9 @@ def test_on_a_gpu_the_budget_is_half_its_free_memory(monkeypatch):
         generator = build_generator("resnet")
     per_image = 4000 * 6000 * tiling.bytes_per_pixel(generator)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * per_image, 80 << 30))
-    assert tiling.auto_tile_options(generator, (1, 3, 4000, 6000), torch.device("cuda")) is None
+    assert not tiling.plan_tiles(generator, (1, 3, 4000, 6000), torch.device("cuda")).tiled
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (per_image, 80 << 30))
-    assert tiling.auto_tile_options(generator, (1, 3, 4000, 6000), torch.device("cuda")) is not None
+    assert tiling.plan_tiles(generator, (1, 3, 4000, 6000), torch.device("cuda")).tiled
 
 
 def _run(export: Path, photo: Path, out: Path, *extra: str) -> bytes:
@@ -136,3 +135,55 @@ def test_automatic_tiling_bounds_the_peak_memory(export, tmp_path):
 
     untiled, automatic = peak_mib("--tile", "0"), peak_mib()
     assert automatic < untiled - 150, (automatic, untiled)  # untiled activations of 6 MP: about 400 MiB
+
+
+# ----------------------------------------------------------------------------- one rule (issue 24), strips (issue 25.5)
+def test_one_tiling_rule_gives_each_request_one_meaning():
+    with torch.device("meta"):
+        generator = build_generator("resnet")
+    cpu, huge, small = torch.device("cpu"), (1, 3, 4000, 6000), (1, 3, 300, 400)
+    assert tiling.plan_tiles(generator, huge, cpu) == tiling.plan_tiles(
+        generator, huge, cpu, tiling.AutoTiling()
+    )
+    assert tiling.plan_tiles(generator, huge, cpu, None) == tiling.TileOptions()  # None: automatic
+    assert tiling.plan_tiles(generator, huge, cpu, 0) == tiling.NO_TILES  # 0: never
+    assert tiling.plan_tiles(generator, huge, cpu, 256) == tiling.TileOptions(tile=256)
+    assert tiling.plan_tiles(generator, small, cpu, 512) == tiling.NO_TILES  # fits in one tile: one pass
+    # a caller's own limit (the web app's) is an argument of the same rule
+    limit = tiling.AutoTiling(tiling.TileOptions(tile=128), above=350)
+    assert tiling.plan_tiles(generator, small, cpu, limit) == tiling.TileOptions(tile=128)
+    assert not tiling.plan_tiles(generator, (1, 3, 300, 340), cpu, limit).tiled
+    assert tiling.plan_tiles(
+        generator, huge, cpu, tiling.AutoTiling(above=10**6)
+    ).tiled  # memory still decides
+    for request in (None, 0, 256, tiling.TileOptions(tile=300, overlap=32), limit):
+        plan = tiling.plan_tiles(generator, huge, cpu, request)
+        assert tiling.plan_tiles(generator, huge, cpu, plan) == plan  # a plan passed back plans itself
+    with pytest.raises(ValueError, match="0 \\(never tile\\)"):
+        tiling.plan_tiles(generator, huge, cpu, -1)
+    with pytest.raises(TypeError):
+        tiling.plan_tiles(generator, huge, cpu, True)
+
+
+@pytest.mark.parametrize("height, width", [(20, 3000), (9, 1500), (2, 900), (1500, 40)])
+def test_extreme_aspect_ratios_translate_tiled_and_untiled(height, width):
+    torch.manual_seed(0)
+    generator = build_generator("resnet", **TINY).eval()
+    x = torch.rand(1, 3, height, width) * 2 - 1
+    from stylegan_transfer.inference.translation import translate_tensor
+
+    untiled = translate_tensor(generator, x, tile=0, device="cpu")
+    for tile in (256, tiling.TileOptions(tile=128, overlap=32, stats_size=200)):
+        tiled = translate_tensor(generator, x, tile=tile, device="cpu")
+        assert tiled.shape == x.shape and bool(torch.isfinite(tiled).all())
+    # statistics from the whole strip: the tiles agree with one untiled pass
+    exact = translate_tensor(
+        generator, x, tile=tiling.TileOptions(tile=256, overlap=64, stats_size=4096), device="cpu"
+    )
+    assert (exact - untiled).abs().mean() < 0.02
+
+
+def test_a_strip_through_stylegan_translate_keeps_its_size(export, tmp_path):
+    strip = smooth_photo(tmp_path / "strip.png", 3000, 12)
+    result = Image.open(io.BytesIO(_run(export, strip, tmp_path / "out", "--tile", "256")))
+    assert result.size == (3000, 12)

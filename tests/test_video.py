@@ -374,6 +374,28 @@ def test_tiled_frames_with_held_statistics_match_untiled_frames(tmp_path, genera
 
 
 @needs_av
+def test_frames_too_large_for_memory_are_tiled_by_the_rule_images_use(tmp_path, generator, monkeypatch):
+    """Issue 25 item 4: `tile=None` means automatic for videos too (as for images); 0 never tiles; frames
+    above `max_pixels` are refused before anything is written."""
+    from stylegan_transfer.inference import tiling
+
+    clip = write_video(tmp_path / "clip.mkv", moving_shapes(3, 640, 32), audio=None)
+    untiled = translate_video(generator, clip, tmp_path / "untiled.mkv", device="cpu", crf=0)
+    assert untiled.tiles == 0 and "tiles" not in untiled.summary()
+    monkeypatch.setattr(tiling, "CPU_UNTILED_BUDGET", 1)  # every batch of frames now counts as too large
+    auto = translate_video(generator, clip, tmp_path / "auto.mkv", device="cpu", crf=0)
+    assert auto.tiles == 512 and "in 512-pixel tiles" in auto.summary()
+    never = translate_video(generator, clip, tmp_path / "never.mkv", device="cpu", crf=0, tile=0)
+    assert never.tiles == 0
+    reference = np.stack(read_video(tmp_path / "untiled.mkv")["frames"]).astype(int)
+    assert np.abs(np.stack(read_video(tmp_path / "never.mkv")["frames"]) - reference).max() == 0
+    assert np.abs(np.stack(read_video(tmp_path / "auto.mkv")["frames"]) - reference).mean() < 2.0
+    with pytest.raises(VideoError, match=r"frames of 640x32 are more than 4,000 pixels"):
+        translate_video(generator, clip, tmp_path / "big.mkv", device="cpu", max_pixels=4000)
+    assert not (tmp_path / "big.mkv").exists()
+
+
+@needs_av
 def test_unavailable_codec_or_container_is_one_clear_line(tmp_path, export_path, capsys):
     clip = write_video(tmp_path / "clip.mp4", moving_shapes(3, 32, 32), audio=None)
     base = ["--checkpoint", str(export_path), "--device", "cpu", "--quiet", "--input", str(clip), "--output",

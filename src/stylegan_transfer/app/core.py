@@ -25,7 +25,7 @@ from stylegan_transfer.atomic import atomic_path
 from stylegan_transfer.images import load_rgb, to_image, to_tensor
 from stylegan_transfer.inference.generator_file import ExportError, read_metadata
 from stylegan_transfer.inference.pretrained import MODELS, model_path
-from stylegan_transfer.inference.tiling import TileOptions
+from stylegan_transfer.inference.tiling import AutoTiling, TileOptions, plan_tiles
 from stylegan_transfer.inference.translation import load, translate_tensor
 from stylegan_transfer.inference.video import (
     VideoError,
@@ -231,12 +231,17 @@ def translate_image(
     tile_above: int = TILE_ABOVE,
     tile: int = TILE,
 ) -> tuple[Image.Image, bool]:
-    """The translated image (same size) and whether it went through tiles (long side above `tile_above`)."""
-    tiled = max(image.size) > tile_above
+    """The translated image (same size) and whether it went through tiles of `tile` pixels (long side above
+    `tile_above`, or too large for the device's memory: `tiling.plan_tiles`)."""
     x = to_tensor(image).unsqueeze(0)  # (1, 3, H, W)
-    options = TileOptions(tile=tile) if tiled else None
+    options = plan_tiles(generator, x.shape, device, app_tiling(tile_above, tile))
     y = translate_tensor(generator, x, tile=options, device=device, precision=precision)
-    return to_image(y), tiled
+    return to_image(y), options.tiled
+
+
+def app_tiling(tile_above: int, tile: int) -> AutoTiling:
+    """The app's limits as the automatic tiling rule's arguments."""
+    return AutoTiling(TileOptions(tile=tile), above=tile_above)
 
 
 # ----------------------------------------------------------------------------- video
@@ -288,8 +293,6 @@ def translate_video_file(
     progress: bool = False,
 ) -> VideoReport:
     """`inference.video.translate_video` with the app's tiling rule; `VideoError` becomes `AppInputError`."""
-    info = probe_video(source)
-    long_side = size or max(info.width, info.height)
     try:
         return translate_video(
             generator,
@@ -297,7 +300,7 @@ def translate_video_file(
             output,
             size=size,
             audio=audio,
-            tile=TileOptions(tile=tile) if long_side > tile_above else None,
+            tile=app_tiling(tile_above, tile),
             device=device,
             precision=precision,
             progress=progress,

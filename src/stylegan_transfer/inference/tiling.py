@@ -21,6 +21,9 @@ from stylegan_transfer.inference.generator_file import generator_multiple
 from stylegan_transfer.networks import PaddedGenerator
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Smaller inputs are padded to this side first: two stride-2 steps must leave at least 2×2 for the
+# residual blocks' reflection padding and instance norm (a 1×1 photo would otherwise fail deep inside).
+MIN_SIDE = 8
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -116,15 +119,35 @@ def _ramp(length: int, overlap: int, *, start_edge: bool, end_edge: bool) -> tor
 
 @dataclass(frozen=True)
 class TileOptions:
-    tile: int = 512
+    tile: int = 512  # side of a tile in pixels; 0: one untiled pass
     overlap: int = 128
     consistent: bool = True  # fixed instance-norm statistics from a downscaled pass
     stats_size: int = 1024  # longest side of the copy the statistics are computed on
 
+    @property
+    def tiled(self) -> bool:
+        return self.tile > 0
 
-# ----------------------------------------------------------------------------- automatic tiling
+
+NO_TILES = TileOptions(tile=0)
+
+
+# ----------------------------------------------------------------------------- the one tiling rule
 CPU_UNTILED_BUDGET = 1 << 30  # bytes of activations an untiled pass may take on the CPU (or MPS)
 GPU_FREE_FRACTION = 0.5  # ... and on a GPU, this fraction of its free memory
+
+
+@dataclass(frozen=True)
+class AutoTiling:
+    """The automatic rule (what `tile=None` means everywhere): tiles of `options` when one untiled pass would
+    need more memory than the device's budget, or when the long side exceeds `above` (a caller's own limit,
+    such as the web app's)."""
+
+    options: TileOptions = TileOptions()
+    above: int | None = None
+
+
+Tiling = int | TileOptions | AutoTiling | None  # a request: None automatic, 0 never, N tiles of N pixels
 
 
 def bytes_per_pixel(generator: nn.Module) -> int:
@@ -135,20 +158,38 @@ def bytes_per_pixel(generator: nn.Module) -> int:
     return 16 * channels + 64
 
 
-def auto_tile_options(generator: nn.Module, shape: Sequence[int], device: torch.device) -> TileOptions | None:
-    """TileOptions() (the documented `--tile 512` path) when an untiled pass over a batch of `shape`
-    (B, C, H, W) would need more memory than the budget of `device`, else None."""
-    batch, _, height, width = shape
-    defaults = TileOptions()
-    if max(height, width) <= defaults.tile:
-        return None
-    need = batch * height * width * bytes_per_pixel(generator)
+def untiled_budget(device: torch.device) -> int:
+    """Bytes one untiled pass may take on `device`."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        budget = int(free * GPU_FREE_FRACTION)
-    else:
-        budget = CPU_UNTILED_BUDGET
-    return defaults if need > budget else None
+        return int(free * GPU_FREE_FRACTION)
+    return CPU_UNTILED_BUDGET
+
+
+def plan_tiles(
+    generator: nn.Module, shape: Sequence[int], device: torch.device, tile: Tiling = None
+) -> TileOptions:
+    """How a pass over a batch of `shape` (B, C, H, W) runs: the one tiling rule every caller (images, batches,
+    video frames, the web app) goes through. `tile`: None (or an `AutoTiling`) decides by memory, 0 never tiles,
+    N tiles at N pixels, a TileOptions is used as given. The plan is a TileOptions; `NO_TILES` (tile 0) is one
+    untiled pass, as is any image that fits in one tile. A plan passed back as `tile` plans itself again."""
+    _, _, height, width = shape
+    if tile is None:
+        tile = AutoTiling()
+    if isinstance(tile, bool) or not isinstance(tile, int | TileOptions | AutoTiling):
+        raise TypeError(f"tile must be None, an int, TileOptions or AutoTiling, not {tile!r}")
+    if isinstance(tile, int):
+        if tile < 0:
+            raise ValueError(f"tile must be 0 (never tile) or a size in pixels, got {tile}")
+        tile = TileOptions(tile=tile)
+    if isinstance(tile, AutoTiling):
+        options = tile.options
+        above = tile.above is not None and max(height, width) > tile.above
+        need = shape[0] * height * width * bytes_per_pixel(generator)
+        if not (above or need > untiled_budget(device)):
+            return NO_TILES
+        tile = options
+    return tile if tile.tiled and max(height, width) > tile.tile else NO_TILES
 
 
 @torch.no_grad()
@@ -169,8 +210,8 @@ def translate_tiled(
     if options.consistent and _instance_norms(generator):
         scale = min(1.0, options.stats_size / max(height, width))
         small = x
-        if scale < 1.0:
-            size = (max(multiple, round(height * scale)), max(multiple, round(width * scale)))
+        if scale < 1.0:  # no side below MIN_SIDE: a 20000x20 strip's copy is stretched, not collapsed
+            size = (max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale)))
             small = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         with autocast(device, dtype):
             stats = record_instance_norm_stats(generator, small.to(device))

@@ -31,8 +31,8 @@ from stylegan_transfer.images import (
 )
 from stylegan_transfer.inference import pretrained, video
 from stylegan_transfer.inference.generator_file import ExportError, load_generator
-from stylegan_transfer.inference.tiling import PRECISIONS, TileOptions
-from stylegan_transfer.inference.translation import load, resolve_tile, translate_tensor
+from stylegan_transfer.inference.tiling import PRECISIONS, TileOptions, Tiling, plan_tiles
+from stylegan_transfer.inference.translation import load, translate_tensor
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = collect_inputs(inputs, recursive=args.recursive)
     except (ExportError, InputError) as err:
         return fail(str(err))
-    tile: TileOptions | int | None = None  # automatic
+    tile: Tiling = None  # automatic
     if args.tile == 0:
         tile = 0
     elif args.tile is not None:
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             by_size.setdefault(entry[2].size, []).append(entry)
         for group in by_size.values():
             width, height = group[0][2].size
-            if resolve_tile(generator, (len(group), 3, height, width), device, tile) is not None:
+            if plan_tiles(generator, (len(group), 3, height, width), device, tile).tiled:
                 batches = [[entry] for entry in group]  # tiled: one image at a time bounds memory
             else:
                 batches = [group]

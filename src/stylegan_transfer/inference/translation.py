@@ -12,7 +12,6 @@ videos are `video.py`. This module imports neither.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,17 +25,14 @@ from stylegan_transfer.inference import pretrained
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.generator_file import generator_multiple, load_generator
 from stylegan_transfer.inference.tiling import (
+    MIN_SIDE,
     PRECISIONS,
-    TileOptions,
-    auto_tile_options,
+    Tiling,
     autocast,
+    plan_tiles,
     translate_tiled,
 )
 from stylegan_transfer.networks import PAD_MODE, PaddedGenerator
-
-# Smaller inputs are padded to this side first: two stride-2 steps must leave at least 2×2 for the
-# residual blocks' reflection padding and instance norm (a 1×1 photo would otherwise fail deep inside).
-MIN_SIDE = 8
 
 
 # ----------------------------------------------------------------------------- public API
@@ -49,25 +45,27 @@ def translate_tensor(
     generator: nn.Module,
     x: torch.Tensor,
     *,
-    tile: int | TileOptions | None = None,
+    tile: Tiling = None,
     device: str | torch.device | None = None,
     precision: str = "fp32",
     progress: bool = False,
 ) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1] on the CPU, any H and W.
 
-    `tile`: None tiles automatically when an untiled pass would not fit in memory (see
-    `tiling.auto_tile_options`), 0 never tiles, N or TileOptions tile at that size."""
+    `tile`: None tiles automatically when an untiled pass would not fit in memory, 0 never tiles, N or a
+    TileOptions tile at that size (the rule: `tiling.plan_tiles`)."""
     _, _, height, width = x.shape
     if height < MIN_SIDE or width < MIN_SIDE:  # too small for the bottleneck: pad like any border, crop back
         padded = F.pad(x, (0, max(0, MIN_SIDE - width), 0, max(0, MIN_SIDE - height)), mode=PAD_MODE)
-        y = translate_tensor(generator, padded, tile=0, device=device, precision=precision)
+        y = translate_tensor(
+            generator, padded, tile=tile, device=device, precision=precision, progress=progress
+        )
         return y[:, :, :height, :width].contiguous()
     device = pick_device() if device is None else torch.device(device)
     dtype = PRECISIONS[precision]
     generator = generator.to(device).eval()
-    options = resolve_tile(generator, x.shape, device, tile)
-    if options is None or max(height, width) <= options.tile:
+    options = plan_tiles(generator, x.shape, device, tile)
+    if not options.tiled:
         with autocast(device, dtype):
             y = PaddedGenerator(generator, generator_multiple(generator))(x.to(device)).float().cpu()
     else:
@@ -86,22 +84,11 @@ def translate_tensor(
     return y
 
 
-def resolve_tile(
-    generator: nn.Module, shape: Sequence[int], device: torch.device, tile: int | TileOptions | None
-) -> TileOptions | None:
-    """The tiling a pass over a batch of `shape` will use (None: untiled)."""
-    if tile is None:
-        return auto_tile_options(generator, shape, device)
-    if isinstance(tile, int):
-        return TileOptions(tile=tile) if tile > 0 else None
-    return tile
-
-
 def translate(
     generator: nn.Module,
     image: Image.Image,
     *,
-    tile: int | TileOptions | None = None,
+    tile: Tiling = None,
     device: str | torch.device | None = None,
     precision: str = "fp32",
 ) -> Image.Image:

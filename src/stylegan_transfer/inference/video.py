@@ -65,11 +65,13 @@ from torch import nn
 
 from stylegan_transfer.atomic import atomic_path
 from stylegan_transfer.devices import pick_device
+from stylegan_transfer.images import MAX_PIXELS
 from stylegan_transfer.inference.tiling import (
     PRECISIONS,
-    TileOptions,
+    Tiling,
     autocast,
     fixed_instance_norm_stats,
+    plan_tiles,
     record_instance_norm_stats,
 )
 from stylegan_transfer.inference.translation import translate_tensor
@@ -394,6 +396,7 @@ class VideoReport:
     codec: str = ""
     audio: list[str] = field(default_factory=list)  # per input audio stream: "copied aac", ...
     stats: str = ""
+    tiles: int = 0  # side of the tiles the frames were translated in; 0: whole frames
     flicker: float | None = None
     damaged: str | None = None  # why decoding stopped early; the output holds the frames before it
 
@@ -402,6 +405,8 @@ class VideoReport:
         parts = [f"{self.frames} frames {width}x{height} at {float(self.fps):.3g} fps ({self.codec})"]
         parts.append("audio " + ", ".join(self.audio) if self.audio else "no audio")
         parts.append(f"statistics {self.stats}")
+        if self.tiles:
+            parts.append(f"in {self.tiles}-pixel tiles")
         if self.flicker is not None:
             parts.append(f"flicker ratio {self.flicker:.3f}")
         return "; ".join(parts)
@@ -641,7 +646,8 @@ def translate_video(
     stats_frames: int = 8,
     batch_size: int = 4,
     size: int | None = None,
-    tile: int | TileOptions | None = None,
+    tile: Tiling = None,
+    max_pixels: int = MAX_PIXELS,
     device: str | torch.device | None = None,
     precision: str = "fp32",
     codec: str | None = None,
@@ -655,8 +661,9 @@ def translate_video(
 
     `stats`: "clip" holds instance-norm statistics averaged over `stats_frames` frames spread over the clip
     (no flicker added), "per-frame" recomputes them on every frame. `batch_size` frames go through the
-    generator together. `size`: long side of the output (None: the input's). `tile`: translate frames
-    larger than this in tiles (see `tiling`). `codec` (default H.264, VP9 for WebM), `crf`, `preset`: the
+    generator together. `size`: long side of the output (None: the input's). `tile`: as for images (None:
+    tiles when a batch of frames would not fit in memory, 0 never, N tiles of N pixels; `tiling.plan_tiles`);
+    frames of more than `max_pixels` are refused. `codec` (default H.264, VP9 for WebM), `crf`, `preset`: the
     encoder and its quality. `audio=False` leaves the audio out. `side_by_side`: also write this file
     with input and translation next to each other (same container as `output`). Raises `VideoError` (one
     line naming the file) when a file cannot be read or written, leaving no output; a video found damaged
@@ -670,7 +677,6 @@ def translate_video(
     outputs = [output] if side_by_side is None else [output, Path(side_by_side)]
     device = pick_device() if device is None else torch.device(device)
     dtype = PRECISIONS[precision]
-    options = (TileOptions(tile=tile) if tile > 0 else None) if isinstance(tile, int) else tile
     container_name = _container_name(av, output)
     if side_by_side is not None and _container_name(av, Path(side_by_side)) != container_name:
         raise VideoError(f"{side_by_side}: the side-by-side video must use the container of {output}")
@@ -683,8 +689,16 @@ def translate_video(
         turns=_quarter_turns(info.rotation),
         upright_output=container_name == "gif",
     )
+    if geometry.width * geometry.height > max_pixels:
+        raise VideoError(
+            f"{source}: frames of {geometry.width}x{geometry.height} are more than {max_pixels:,} pixels; "
+            "give a smaller size (--size)"
+        )
     generator = generator.to(device).eval()
-    report = VideoReport(source=source, output=output, expected_frames=info.frames, fps=info.fps)
+    options = plan_tiles(generator, (batch_size, 3, geometry.height, geometry.width), device, tile)
+    report = VideoReport(
+        source=source, output=output, expected_frames=info.frames, fps=info.fps, tiles=options.tile
+    )
 
     held: contextlib.AbstractContextManager = contextlib.nullcontext()
     if not _has_instance_norm(generator):
@@ -698,14 +712,14 @@ def translate_video(
             info,
             geometry,
             samples=stats_frames,
-            stats_size=options.stats_size if options is not None else None,
+            stats_size=options.stats_size if options.tiled else None,
             device=device,
             dtype=dtype,
             progress=progress,
         )
         held = fixed_instance_norm_stats(generator, clip_stats)
         report.stats = f"held, averaged over {used} frames"
-        if options is not None:
+        if options.tiled:
             options = replace(options, consistent=False)  # the clip's statistics hold for every tile too
 
     meter = FlickerMeter()
@@ -718,8 +732,7 @@ def translate_video(
         if not pending:
             return
         x = _to_batch([array for array, _ in pending], geometry.turns)  # (B, 3, H, W), upright
-        # tile=0 when none given: frames are never tiled automatically (the clip's held statistics decide)
-        y = translate_tensor(generator, x, tile=options or 0, device=device, precision=precision)
+        y = translate_tensor(generator, x, tile=options, device=device, precision=precision)
         meter.update(x, y)
         stamps = [stamp for _, stamp in pending]
         for writer in writers:
@@ -875,7 +888,7 @@ def run_videos(
     *,
     device: torch.device,
     precision: str,
-    tile: TileOptions | None,
+    tile: Tiling,
 ) -> tuple[int, int]:
     """Translate each (video, output path) with the CLI's options, one line per video; (written, failed)."""
     written = failed = 0
