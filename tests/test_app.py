@@ -731,7 +731,7 @@ def test_cli_serves_the_api_on_loopback_and_removes_its_temporary_folder(tmp_pat
     models = tmp_path / "models"
     save_tiny_generator(models / "g_ab.safetensors")
     scratch = tmp_path / "tmp"
-    scratch.mkdir()
+    (scratch / f"stylegan-app-{dead_pid()}-killed" / "results").mkdir(parents=True)  # left by `kill -9`
     port = free_port()
     home = tmp_path / "home"
     home.mkdir()
@@ -775,7 +775,8 @@ def test_cli_serves_the_api_on_loopback_and_removes_its_temporary_folder(tmp_pat
                 assert time.monotonic() < deadline, "".join(lines)
                 time.sleep(0.5)
         workdirs = list(scratch.glob("stylegan-app-*"))
-        assert len(workdirs) == 1, list(scratch.iterdir())
+        assert workdirs == [w for w in workdirs if w.name.startswith(f"stylegan-app-{process.pid}-")]
+        assert len(workdirs) == 1, list(scratch.iterdir())  # the killed app's folder was swept at start
         # it listens on loopback only: not on this machine's other addresses
         other = [a for a in _own_addresses() if not a.startswith("127.")]
         for address in other[:2]:
@@ -823,3 +824,98 @@ def _own_addresses() -> list[str]:
         return sorted({info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)})
     except OSError:
         return []
+
+
+# ----------------------------------------------------------------------------- issue 25 item 10
+def test_results_reach_gradio_as_files_of_ours_never_as_pictures(served, tmp_path):
+    """Gradio writes a PIL picture into its cache in place under a hash of its content: two requests with the same
+    picture could read one half written. Everything the app returns is a file it wrote atomically."""
+    state = served.demo.stylegan_state
+    image = tmp_path / "same.png"
+    photo(40, 30, seed=3).save(image)
+    label = next(iter(state.entries))
+    first, second = (state.translate(label, [str(image)]) for _ in range(2))
+    for shown, results, downloads, _status in (first, second):
+        for value, _caption in [*shown, *results]:
+            assert isinstance(value, str) and Path(value).is_file(), value
+        assert all(Path(d).is_file() for d in downloads)
+    assert first[1][0][0] != second[1][0][0]  # under unique names
+    content, style = tmp_path / "content.png", tmp_path / "style.png"
+    photo(48, 32, seed=4).save(content)
+    photo(32, 32, seed=5).save(style)
+    steps = list(state.stylise(str(content), [str(style)], "", 64, 6, 5.0, "none", "gram", 0))
+    pictures = [picture for picture, _download, _status in steps]
+    assert len(pictures) >= 2 and all(isinstance(p, str) and Path(p).is_file() for p in pictures), pictures
+
+
+def test_an_uploaded_html_file_is_served_as_a_download_and_pictures_inline(served, tmp_path):
+    httpx = need("httpx")
+    page = tmp_path / "page.html"
+    page.write_text("<script>alert(document.cookie)</script>")
+    picture = tmp_path / "p.png"
+    photo(20, 20).save(picture)
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        for path, kind in ((page, "text/html"), (picture, "image/png")):
+            with open(path, "rb") as handle:
+                answer = client.post("/gradio_api/upload", files={"files": (path.name, handle, kind)})
+            assert answer.status_code == 200, answer.text
+            served_file = client.get(f"/gradio_api/file={answer.json()[0]}")
+            assert served_file.status_code == 200
+            assert served_file.headers["x-content-type-options"] == "nosniff"
+            if kind == "text/html":
+                assert served_file.headers["content-type"] == "application/octet-stream"
+                assert served_file.headers["content-disposition"] == "attachment"
+            else:
+                assert served_file.headers["content-type"] == "image/png"
+                assert "attachment" not in served_file.headers.get("content-disposition", "")
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_folders_of_killed_apps_are_swept_and_nothing_else(tmp_path):
+    from stylegan_transfer.app.cli import make_workdir, sweep_dead_workdirs
+
+    dead = tmp_path / f"stylegan-app-{dead_pid()}-abc123"
+    (dead / "results").mkdir(parents=True)
+    alive = tmp_path / f"stylegan-app-{os.getppid()}-def456"  # our parent runs
+    alive.mkdir()
+    others = [tmp_path / "stylegan-app-notapid", tmp_path / "unrelated"]
+    for other in others:
+        other.mkdir()
+    assert sweep_dead_workdirs(tmp_path) == [dead]
+    assert not dead.exists() and alive.is_dir() and all(o.is_dir() for o in others)
+    own = make_workdir()
+    try:
+        assert own.name.startswith(f"stylegan-app-{os.getpid()}-")
+        assert own not in sweep_dead_workdirs(own.parent) and own.is_dir()
+    finally:
+        shutil.rmtree(own)
+
+
+@pytest.mark.slow
+def test_a_busy_port_is_one_line_and_never_an_address_to_open(tmp_path):
+    need("gradio")
+    models = tmp_path / "models"
+    save_tiny_generator(models / "g_ab.safetensors")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    env.pop("GRADIO_SERVER_NAME", None)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "stylegan_transfer.app.cli", "--models", str(models), "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "open http" not in result.stderr and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"stylegan-app: error: cannot listen on 127.0.0.1:{port}: the port is busy"), last
+    assert not list(tmp_path.glob("stylegan-app-*"))  # its temporary folder went with it

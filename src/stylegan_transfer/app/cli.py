@@ -14,16 +14,45 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from stylegan_transfer.app.limits import DEFAULT_MAX_PIXELS, MIN_SIDE, TILE, TILE_ABOVE
+from stylegan_transfer.atomic import pid_alive
 
 LOOPBACK = "127.0.0.1"
+WORKDIR_PREFIX = "stylegan-app-"
+_WORKDIR = re.compile(rf"^{WORKDIR_PREFIX}(\d+)-")  # stylegan-app-<pid>-<random>: the owner's process id
+
+
+def make_workdir() -> Path:
+    """The app's temporary folder, named after this process so that a later start can tell it was left behind."""
+    return Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
+
+
+def sweep_dead_workdirs(folder: str | os.PathLike) -> list[Path]:
+    """Remove the app folders in `folder` whose process no longer runs (an app killed with `kill -9` cannot
+    remove its own); folders of running apps and anything not named by `make_workdir` stay. Returns them."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _WORKDIR.match(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 class HostError(ValueError):
@@ -124,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         print(f"stylegan-app: warning: {warning}", file=sys.stderr)
 
-    workdir = Path(tempfile.mkdtemp(prefix="stylegan-app-"))
+    for stale in sweep_dead_workdirs(tempfile.gettempdir()):
+        print(f"stylegan-app: removed {stale}, left by an app that was killed", file=sys.stderr)
+    workdir = make_workdir()
     # before Gradio is imported: some of its modules read these once
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -150,12 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         for problem in demo.stylegan_state.problems:
             print(f"stylegan-app: skipping {problem}", file=sys.stderr)
-        print(
-            f"stylegan-app: open http://{'[' + host + ']' if ':' in host else host}:{args.port} "
-            f"(temporary files in {workdir}, removed at exit; Ctrl+C stops)",
-            file=sys.stderr,
-            flush=True,
-        )
         try:
             launch(
                 demo,
@@ -163,10 +188,21 @@ def main(argv: list[str] | None = None) -> int:
                 port=args.port,
                 workdir=workdir,
                 max_file_size=int(args.max_upload_mb * 1024 * 1024),
+                block=False,
             )
         except OSError as err:
-            return fail(f"cannot listen on {host}:{args.port} ({err}); choose another --port")
-        return 0
+            return fail(
+                f"cannot listen on {host}:{args.port}: the port is busy or not ours ({err}); choose another --port"
+            )
+        # only now that it listens
+        print(
+            f"stylegan-app: open http://{'[' + host + ']' if ':' in host else host}:{args.port} "
+            f"(temporary files in {workdir}, removed at exit; Ctrl+C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
+        while True:
+            time.sleep(1.0)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -42,6 +42,7 @@ from stylegan_transfer.inference.video import VIDEO_EXTENSIONS
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # after the analytics switch
+from starlette.middleware import Middleware
 
 MODEL = "model"  # the one concurrency group of everything that runs a network: one job at a time
 RESULT_AGE_S = 3600.0  # finished jobs' files are removed after an hour
@@ -171,7 +172,9 @@ class StyleganApp:
                 problems.append(f"{path.name} could not be translated ({err}).")
                 continue
             out = save_image(result, folder / name)
-            shown.append((preview(image, 512), path.name))
+            # files of ours, written atomically under unique names: Gradio's own cache writes PIL images in
+            # place under a content hash, so two requests with the same picture could read a half-written one
+            shown.append((str(save_image(preview(image, 512), folder / f"input_{index}.png")), path.name))
             results.append((str(out), f"{name} ({result.width}×{result.height})"))
             written.append(out)
             if was_tiled:
@@ -326,6 +329,7 @@ class StyleganApp:
             cancel=cancel,
         )
         finished = False
+        folder = self.job_folder()
         try:
             for step in steps:
                 if progress is not None:
@@ -334,7 +338,7 @@ class StyleganApp:
                 if step.final:
                     assert step.image is not None
                     name = output_names([_path(content_file).name], "_stylised")[0]
-                    out = save_image(step.image, self.job_folder() / name)
+                    out = save_image(step.image, folder / name)
                     seconds = time.perf_counter() - start
                     status = (
                         f"**Done: {step.image.width}×{step.image.height} in {seconds:.1f} s** on "
@@ -342,8 +346,9 @@ class StyleganApp:
                     )
                     finished = True
                     yield str(out), str(out), status
-                elif step.image is not None:
-                    yield step.image, None, f"Iteration {step.done} of {step.total}, {loss}"
+                elif step.image is not None:  # a file, like the results (see `translate`)
+                    picture = save_image(step.image, folder / f"iteration_{step.done:06d}.png")
+                    yield str(picture), None, f"Iteration {step.done} of {step.total}, {loss}"
         except AppInputError as err:
             raise _error(err) from None
         finally:
@@ -566,6 +571,44 @@ def build_app(
     return demo
 
 
+# What a browser may show inline from the app's file route; anything else (an uploaded .html or .svg, say) is
+# served as a download, so an upload can never run script in the app's origin.
+INLINE_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "video/mp4", "video/webm", "video/quicktime"}
+    | {"audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg", "audio/wav", "audio/webm"}
+)
+
+
+class FilesAsDownloads:
+    """ASGI middleware for Gradio's `/file=` route: a response whose type is not in `INLINE_TYPES` becomes
+    `application/octet-stream` with `Content-Disposition: attachment`; every one gets `nosniff`."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or "/file=" not in scope.get("path", ""):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_safely(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                kind = next((v for k, v in headers if k.lower() == b"content-type"), b"").decode("latin-1")
+                if kind.split(";")[0].strip().lower() not in INLINE_TYPES:
+                    drop = (b"content-type", b"content-disposition")
+                    headers = [(k, v) for k, v in headers if k.lower() not in drop]
+                    headers += [
+                        (b"content-type", b"application/octet-stream"),
+                        (b"content-disposition", b"attachment"),
+                    ]
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_safely)
+
+
 def launch(
     demo: gr.Blocks,
     *,
@@ -591,6 +634,7 @@ def launch(
         show_error=False,
         inbrowser=False,
         footer_links=["api", "settings"],
+        app_kwargs={"middleware": [Middleware(FilesAsDownloads)]},
         theme=THEME,
         css=CSS,
     )
