@@ -198,7 +198,7 @@ def training_configs(
     perf=cpu on a CPU; on a CPU also that preset with channels_last in fp32 and in bf16. `recipe` picks the
     model's losses (RECIPES)."""
     trainer = "gpu" if device.type == "cuda" else "cpu"
-    base = list(RECIPES[recipe])
+    base = [*RECIPES[recipe], *args.overrides]
     tweaks = [f"data.batch_size={args.batch}"] if args.batch else []
     tweaks += ["model.compile=false"] if args.no_compile else []
     reference = perf_preset(trainer, "none", *base, "model.fused_adam=false")
@@ -605,6 +605,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", action="store_true", help="also profile the fast configuration's step")
     parser.add_argument(
+        "--configs", nargs="*", default=[], help="time only these configurations (reference, fast, ...)"
+    )
+    parser.add_argument(
+        "--profile-config", default="fast", help="the configuration --profile records (fast, reference, ...)"
+    )
+    parser.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        help="train.py overrides added to every recipe (e.g. model.generator.upsample=resize)",
+    )
+    parser.add_argument(
         "--official-code",
         type=Path,
         help="a checkout of the CUT repository: also time its --model cycle_gan step (same sizes, widths, threads)",
@@ -698,7 +710,9 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in args.recipes:
             flops_per_pair = None
             for config, spec in training_configs(device, args, recipe).items():
-                if args.skip_reference and config == "reference":
+                if (args.skip_reference and config == "reference") or (
+                    args.configs and config not in args.configs
+                ):
                     continue
                 row = run_training(config, spec, size, device, args)
                 if row["flops_per_step"] is not None:
@@ -728,11 +742,11 @@ def main(argv: list[str] | None = None) -> int:
                 write_report(report, out)
 
     if args.profile and args.sizes:
-        recipe = args.recipes[0]
-        spec = training_configs(device, args, recipe)["fast"]
-        result = run_training("fast", spec, args.sizes[0], device, args, profile=True)
+        recipe, name = args.recipes[0], args.profile_config
+        spec = training_configs(device, args, recipe)[name]
+        result = run_training(name, spec, args.sizes[0], device, args, profile=True)
         report["profile"] = {
-            "config": f"fast, {recipe} recipe, {args.sizes[0]}px, batch {spec['batch']}",
+            "config": f"{name}, {recipe} recipe, {args.sizes[0]}px, batch {spec['batch']}",
             "steps": args.steps,
             **profile_table(result, device),
         }
