@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import TINY_G_KWARGS, write_images
-from stylegan_transfer.inference import export
+from stylegan_transfer.inference import export, translation
 from stylegan_transfer.inference.checkpoint import generator_from_checkpoint
 from stylegan_transfer.inference.generator_file import (
     ExportError,
@@ -226,5 +226,5 @@ def test_non_finite_outputs_are_an_error_not_a_black_image(exported, tmp_path, c
     generator = load_generator(exported)
     with torch.no_grad():  # finite weights whose output overflows to infinity
         generator.model[1].weight.fill_(3e38)
-    with pytest.raises(translate.NonFiniteOutputError):
-        translate.translate_tensor(generator, torch.ones(1, 3, 16, 16), device="cpu")
+    with pytest.raises(translation.NonFiniteOutputError):
+        translation.translate_tensor(generator, torch.ones(1, 3, 16, 16), device="cpu")
