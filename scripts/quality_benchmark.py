@@ -20,7 +20,9 @@ scripts/official_cyclegan.py with the same data, sizes and budget; never part of
 
 Runs are cached under OUT/runs/TASK/eEPOCHS/NAME/seedS (run.json records the command, the overrides, the code
 revision and the seconds), so a suite can be completed over several sittings; a cached run whose overrides differ
-from the asked ones is refused. `--tasks`, `--configs`, `--seeds`, `--official-code` select parts; `--jobs 2`
+from the asked ones is refused. A run cut short resumes from its last epoch at the next sitting (ours exactly, from
+checkpoints/last.ckpt; the official code from its per-epoch save, with a fresh image pool), its time summed over
+sittings (progress.json). `--tasks`, `--configs`, `--seeds`, `--official-code` select parts; `--jobs 2`
 trains two at a time (one thread each). `--train-only` stops after training (e.g. on a GPU machine without the
 metric weights); `--score-only` scores the finished runs without training the rest. The product never reads this
 script's inputs: photos, the style network and the official checkout are given on the command line.
@@ -35,6 +37,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -253,6 +256,51 @@ class Run:
             )
         return True
 
+    # A sitting cut short (a session's end, a kill) resumes here: training saves a resume point every epoch and
+    # progress.json holds the training seconds of the sittings so far (rewritten every HEARTBEAT_S while one runs).
+    @property
+    def progress(self) -> Path:
+        return self.dir / "progress.json"
+
+    def resume_point(self) -> list[str]:
+        """Options that continue this run's training where its last sitting stopped ([] when there is nothing)."""
+        if self.name != OFFICIAL:
+            last = self.dir / "checkpoints" / "last.ckpt"
+            return [f"ckpt_path={last}"] if last.is_file() else []
+        epoch = official_last_epoch(self.dir / "official")
+        if epoch is None:
+            return []
+        return ["--continue_train", "--epoch", str(epoch), "--epoch_count", str(epoch + 1)]
+
+    def prior_sittings(self) -> dict:
+        """{"seconds", "sittings"} of the earlier sittings of an unfinished run; a partial run whose time was never
+        recorded (started by an older version of this script) is deleted, to be trained again from the start. A run
+        whose files changed in the last BUSY_S seconds is being trained by another process: refused, untouched."""
+        written = [p.stat().st_mtime for p in self.dir.rglob("*") if p.is_file()] if self.dir.exists() else []
+        if written and time.time() - max(written) < BUSY_S:
+            raise SystemExit(
+                f"{self.dir}: files written {time.time() - max(written):.0f} s ago: another process is training this "
+                f"run; wait for it (or, if none is, try again in {BUSY_S / 60:.0f} minutes)"
+            )
+        if self.progress.is_file() and self.resume_point():
+            return json.loads(self.progress.read_text())
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        return {"seconds": 0.0, "sittings": 0}
+
+
+OFFICIAL_NETS = ("G_A", "G_B", "D_A", "D_B")
+BUSY_S = 600.0  # a partial run with files newer than this is taken to be training elsewhere
+
+
+def official_last_epoch(folder: Path) -> int | None:
+    """The last epoch the official code saved all four networks of (`{epoch}_net_{name}.pth`), if any."""
+    epochs = [
+        int(p.name.split("_")[0]) for p in folder.glob("*_net_G_A.pth") if p.name.split("_")[0].isdigit()
+    ]
+    complete = [e for e in epochs if all((folder / f"{e}_net_{n}.pth").is_file() for n in OFFICIAL_NETS)]
+    return max(complete, default=None)
+
 
 def code_revision() -> str:
     """The commit this checkout is at, with "+changes" when tracked files differ from it."""
@@ -268,8 +316,9 @@ def code_revision() -> str:
     return commit + ("+changes" if dirty else "")
 
 
-def train_command(run: Run) -> list[str]:
-    """train.py on the task with the suite's sizes and `run.epochs` epochs (half constant, half decaying)."""
+def train_command(run: Run, resume: Sequence[str] = ()) -> list[str]:
+    """train.py on the task with the suite's sizes and `run.epochs` epochs (half constant, half decaying), continued
+    from `resume` (`Run.resume_point`: exact, as any resumed training here)."""
     half = max(1, run.epochs // 2)
     base = [
         "style=custom",
@@ -287,7 +336,7 @@ def train_command(run: Run) -> list[str]:
         "callbacks.export_best=null",
         f"hydra.run.dir={run.dir}",
     ]
-    return [sys.executable, str(REPO / "train.py"), *base, *shlex.split(run.overrides)]
+    return [sys.executable, str(REPO / "train.py"), *base, *shlex.split(run.overrides), *resume]
 
 
 def official_options(run: Run) -> list[str]:
@@ -299,15 +348,16 @@ def official_options(run: Run) -> list[str]:
         "--preprocess", "crop", "--crop_size", "64", "--load_size", "72", "--batch_size", "1",
         "--n_epochs", str(half), "--n_epochs_decay", str(run.epochs - half),
         "--gpu_ids", "-1", "--display_id", "0", "--no_html", "--num_threads", "0",
-        "--save_epoch_freq", str(run.epochs),  # saves latest_net_* once, at the end
+        "--save_epoch_freq", "1",  # latest_net_* and {epoch}_net_* every epoch: a resume point (see Run)
     ]  # fmt: skip
 
 
-def official_commands(run: Run, checkout: Path) -> list[list[str]]:
-    """Train with scripts/official_cyclegan.py, then translate the test inputs of both directions."""
+def official_commands(run: Run, checkout: Path, resume: Sequence[str] = ()) -> list[list[str]]:
+    """Train with scripts/official_cyclegan.py (from `resume`, `Run.resume_point`), then translate the test inputs
+    of both directions. A resumed official run restarts its image pool and random streams (the code saves neither)."""
     wrapper = [sys.executable, str(REPO / "scripts" / "official_cyclegan.py")]
     options = official_options(run)
-    commands = [[*wrapper, "train", str(checkout), str(run.seed), "--", *options]]
+    commands = [[*wrapper, "train", str(checkout), str(run.seed), "--", *options, *resume]]
     for direction in DIRECTIONS:
         inputs = run.task.root / ("testA" if direction == "AtoB" else "truth")
         commands.append(
@@ -319,27 +369,48 @@ def official_commands(run: Run, checkout: Path) -> list[list[str]]:
     return commands
 
 
-def execute(run: Run, commands: list[list[str]]) -> float:
-    """Run the commands (one thread each) and record the run (run.json, written last: its presence means done);
-    returns the wall seconds of all of them."""
+HEARTBEAT_S = 30.0
+
+
+def execute(run: Run, commands: list[list[str]], prior: dict) -> float:
+    """Run the commands (one thread each; the first one trains) and record the run (run.json, written last: its
+    presence means done); returns the wall seconds of this sitting. While training, progress.json holds the training
+    seconds of every sitting so far (`prior` + this one's), so a sitting cut short loses at most HEARTBEAT_S of it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     run.dir.mkdir(parents=True, exist_ok=True)
     revision = code_revision()  # of the code the run starts with
+    sittings = prior["sittings"] + 1
     seconds = []  # of each command; the first one trains
-    with open(run.dir / "output.log", "w") as log:
-        for command in commands:
+    with open(run.dir / "output.log", "a") as log:
+        for index, command in enumerate(commands):
             started = time.perf_counter()
-            result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+            process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+            while True:
+                try:
+                    returncode = process.wait(timeout=HEARTBEAT_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    if index == 0:
+                        elapsed = prior["seconds"] + time.perf_counter() - started
+                        atomic.write_text(
+                            run.progress, json.dumps({"seconds": elapsed, "sittings": sittings})
+                        )
             seconds.append(time.perf_counter() - started)
-            if result.returncode != 0:
+            if returncode != 0:
                 tail = (run.dir / "output.log").read_text()[-3000:]
                 raise SystemExit(
                     f"[{run.task.name} {run.name} seed {run.seed}] failed: {shlex.join(command)}\n{tail}"
                 )
+    if run.name == OFFICIAL:  # the per-epoch resume points are no longer needed; latest_net_* stays
+        for path in (run.dir / "official").glob("*_net_*.pth"):
+            if path.name.split("_")[0].isdigit():
+                path.unlink()
     record = {
         "overrides": run.overrides,
-        "seconds": seconds[0],  # training alone (process start included), as the time per image reports it
-        "seconds_all": sum(seconds),
+        # training alone (process starts included, every sitting), as the time per image reports it
+        "seconds": prior["seconds"] + seconds[0],
+        "seconds_all": prior["seconds"] + sum(seconds),
+        "sittings": sittings,
         "images_seen": run.epochs * run.task.images_per_epoch,
         "revision": revision,
         "commands": [shlex.join(c) for c in commands],
@@ -347,6 +418,7 @@ def execute(run: Run, commands: list[list[str]]) -> float:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
     }
     atomic.write_text(run.record, json.dumps(record, indent=1))
+    run.progress.unlink(missing_ok=True)
     return sum(seconds)
 
 
@@ -354,9 +426,14 @@ def train_all(runs: Sequence[Run], checkout: Path | None, jobs: int) -> None:
     pending = [run for run in runs if not run.done()]
 
     def one(run: Run) -> None:
-        print(f"[{run.task.name} {run.name} seed {run.seed}] training ...", flush=True)
-        commands = official_commands(run, checkout) if run.name == OFFICIAL else [train_command(run)]
-        seconds = execute(run, commands)
+        prior = run.prior_sittings()
+        resume = run.resume_point()
+        note = f" (resuming: {shlex.join(resume)})" if resume else ""
+        print(f"[{run.task.name} {run.name} seed {run.seed}] training{note} ...", flush=True)
+        commands = (
+            official_commands(run, checkout, resume) if run.name == OFFICIAL else [train_command(run, resume)]
+        )
+        seconds = execute(run, commands, prior)
         print(f"[{run.task.name} {run.name} seed {run.seed}] done in {seconds / 60:.1f} min", flush=True)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:

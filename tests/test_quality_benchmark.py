@@ -7,6 +7,8 @@ import json
 import sys
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image, ImageOps
 
 from helpers import REPO, write_images
@@ -142,3 +144,81 @@ def test_the_official_code_gets_the_same_data_sizes_and_budget(tmp_path):
     ours_command = qb.train_command(qb.Run(run.task, "x", "", 1, 27, tmp_path))
     assert "model.epochs_constant=13" in ours_command and "model.epochs_decay=14" in ours_command
     assert value["--n_epochs"] == "13" and value["--dataroot"] == str(run.task.root)
+
+
+def test_a_partial_run_resumes_from_its_resume_point_and_an_untimed_one_starts_again(tmp_path, monkeypatch):
+    qb = _benchmark()
+    monkeypatch.setattr(qb, "BUSY_S", 0.0)
+    task = qb.Task(tmp_path / "tasks" / "classic")
+    official = qb.Run(task, qb.OFFICIAL, "", 0, 4, tmp_path)
+    folder = official.dir / "official"
+    folder.mkdir(parents=True)
+    for epoch, nets in (
+        (1, qb.OFFICIAL_NETS),
+        (2, qb.OFFICIAL_NETS),
+        (3, ("G_A", "G_B")),
+    ):  # 3: cut while saving
+        for net in nets:
+            (folder / f"{epoch}_net_{net}.pth").write_bytes(b"")
+    assert qb.official_last_epoch(folder) == 2
+    assert official.resume_point() == ["--continue_train", "--epoch", "2", "--epoch_count", "3"]
+    command = qb.official_commands(official, tmp_path / "cut", official.resume_point())[0]
+    assert (
+        command[-6:]
+        == ["--save_epoch_freq", "1", "--continue_train", "--epoch", "2", "--epoch_count", "3"][-6:]
+    )
+    official.progress.write_text(json.dumps({"seconds": 12.5, "sittings": 1}))
+    assert official.prior_sittings() == {"seconds": 12.5, "sittings": 1} and folder.is_dir()
+    ours = qb.Run(task, "mine", "", 0, 4, tmp_path)
+    (ours.dir / "checkpoints").mkdir(parents=True)
+    (ours.dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert ours.resume_point() == [f"ckpt_path={ours.dir / 'checkpoints' / 'last.ckpt'}"]
+    assert qb.train_command(ours, ours.resume_point())[-1].startswith("ckpt_path=")
+    assert ours.prior_sittings() == {"seconds": 0.0, "sittings": 0}  # no time recorded: trained again
+    assert not ours.dir.exists()
+    monkeypatch.setattr(qb, "BUSY_S", 3600.0)
+    try:
+        official.prior_sittings()
+    except SystemExit as err:
+        assert "another process is training this run" in str(err)
+    else:
+        raise AssertionError("a run with fresh files was touched")
+
+
+@pytest.mark.slow
+def test_our_resumed_run_ends_with_the_generators_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    qb = _benchmark()
+    monkeypatch.setattr(qb, "BUSY_S", 0.0)
+    photos = write_images(tmp_path / "photos", 8, size=(48, 24), seed=5)
+    task = qb.build_task(
+        photos,
+        tmp_path / "tasks" / "tone",
+        ImageOps.invert,
+        n_train_a=3,
+        n_train_b=3,
+        n_test=2,
+        size=(48, 24),
+    )
+    whole, cut = (qb.Run(task, name, "", 0, 2, tmp_path) for name in ("whole", "cut"))
+    qb.train_all([whole], None, 1)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    first = subprocess.run(
+        [*qb.train_command(cut), "trainer.max_epochs=1", "export=false"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+    )
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    cut.progress.write_text(json.dumps({"seconds": 7.0, "sittings": 1}))  # as the heartbeat leaves it
+    qb.train_all([cut], None, 1)
+    record = json.loads(cut.record.read_text())
+    assert record["sittings"] == 2 and record["seconds"] > 7.0 and not cut.progress.exists()
+    assert "ckpt_path=" in record["commands"][0]
+    for name in ("g_ab", "g_ba"):
+        expected = load_file(whole.dir / "export" / f"{name}.safetensors")
+        resumed = load_file(cut.dir / "export" / f"{name}.safetensors")
+        assert all(torch.equal(expected[k], resumed[k]) for k in expected), name
