@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", type=Path, help=".safetensors export or .ckpt")
     source.add_argument(
         "--model",
-        help="pretrained model name, e.g. style_vangogh (`stylegan-download --pretrained --list`); "
+        help="pretrained model name, e.g. style_vangogh (`stylegan-download model --list`); "
         "downloaded and converted on first use",
     )
     parser.add_argument("inputs", nargs="*", help="image/video files, folders or globs (or --input)")
