@@ -85,7 +85,7 @@ def test_downloads_are_bounded_by_the_size_of_each_model(server, cache, tmp_path
         pretrained.MODELS, "horse2zebra", replace(pretrained.MODELS["horse2zebra"], max_mib=1)
     )
     server.files["/horse2zebra.pth"] = b"\0" * (3 << 19)  # 1.5 MiB
-    argv = ["--pretrained", "--base-url", server.url, "horse2zebra"]
+    argv = ["model", "--base-url", server.url, "horse2zebra"]  # old spellings: tests/test_download_command.py
     assert pretrained.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "horse2zebra.pth" in err and "more than the 1 MiB" in err, err
@@ -116,14 +116,11 @@ def test_a_later_download_unlike_the_first_converted_is_refused(server, cache, t
 # ----------------------------------------------------------------------------- item 9: offline, one line
 def test_the_offline_download_error_is_one_line_and_help_gives_the_manual_route(cache, monkeypatch, capsys):
     placed = cache / "pretrained" / "style_monet.pth"
-    assert (
-        pretrained.main(["--pretrained", "--base-url", _closed_port_url(), "--timeout", "3", "style_monet"])
-        == 2
-    )
+    assert pretrained.main(["model", "--base-url", _closed_port_url(), "--timeout", "3", "style_monet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "style_monet.pth" in err and str(placed) in err, err
     monkeypatch.setenv("STYLEGAN_TRANSFER_OFFLINE", "1")
-    assert pretrained.main(["--pretrained", "style_monet"]) == 2
+    assert pretrained.main(["model", "style_monet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "STYLEGAN_TRANSFER_OFFLINE" in err and str(placed) in err, err
     with pytest.raises(SystemExit):

@@ -1,18 +1,19 @@
 """Download the standard CycleGAN datasets into `data/<name>/{trainA,trainB,testA,testB}`.
 
-stylegan-download vangogh2photo                  # or a style name: stylegan-download vangogh
-stylegan-download --all --data-dir /big/disk/data
-stylegan-download --list
-stylegan-download --pretrained --list            # pretrained generators: inference/pretrained.py
+stylegan-download data vangogh2photo             # or a style name: stylegan-download data vangogh
+stylegan-download data --all --data-dir /big/disk/data
+stylegan-download data --list
+stylegan-download model --list                   # pretrained generators: inference/pretrained.py
 
 The archives are the ones the official CycleGAN download script fetches
 (`<base>/<name>.zip`, base `http://efrosgans.eecs.berkeley.edu/cyclegan/datasets`; override it with
 `--base-url` or the STYLEGAN_DATASETS_URL environment variable, e.g. for a mirror).
 
-Steps, each safe to interrupt and re-run: download to `<data_dir>/<name>.zip.part` (an interrupted
-transfer resumes with an HTTP Range request) → rename to `<name>.zip` once complete → integrity check
-(size announced by the server, sha256 where known, size bounds, compression ratio, zip CRC test, CycleGAN
-layout) → free disk space check → extract into a temporary folder → rename it to `<data_dir>/<name>`.
+Steps, each safe to interrupt and re-run: download to `<data_dir>/<name>.zip.part` (`download.download_file`:
+an interrupted transfer resumes with an HTTP Range request) → rename to `<name>.zip` once complete →
+integrity check (size announced by the server, sha256 where known, size bounds, compression ratio, zip CRC
+test, CycleGAN layout) → free disk space check → extract into a temporary folder → rename it to
+`<data_dir>/<name>`.
 
 Safety: a dataset already in place is left alone; a target folder that exists and is not empty is never
 written into or deleted (the download is refused before it starts, naming the folder); only files this
@@ -24,15 +25,11 @@ download and to extract, at most `MAX_RATIO` times larger extracted than compres
 from __future__ import annotations
 
 import argparse
-import hashlib
-import http.client
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,19 +38,24 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from stylegan_transfer.atomic import sweep_stale
+from stylegan_transfer.download import (
+    MIB,
+    DownloadError,
+    SizeLimitError,  # noqa: F401  (re-exported: the names datasets has always offered)
+    check_free_space,
+    download_file,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
 BASE_URL_ENV = "STYLEGAN_DATASETS_URL"
 DATA_DIR_ENV = "STYLEGAN_DATA_DIR"
-CHUNK = 1 << 20
 SPLITS = ("trainA", "trainB", "testA", "testB")
-MIB = 1 << 20
 # Zip bombs: refuse an archive whose content is more than this many times its compressed size (overall, or
 # for any member above 1 MiB). The datasets are JPEGs, which do not compress: their ratio is about 1.
 MAX_RATIO = 20
-DISK_MARGIN = 256 * MIB  # free space to leave on the disk after extracting
 
 
 @dataclass(frozen=True)
@@ -130,14 +132,6 @@ def domain_folders(
     return (folder_b, folder_a) if swap_domains else (folder_a, folder_b)
 
 
-class DownloadError(RuntimeError):
-    """A download or archive failed; the message names the URL and how to place the data by hand."""
-
-
-class SizeLimitError(DownloadError):
-    """An archive is larger than its dataset can be (see DatasetInfo.max_mib)."""
-
-
 def resolve_name(name: str) -> str:
     """A dataset name (`vangogh2photo`) or a style name (`vangogh`) → the dataset name."""
     if name in DATASETS:
@@ -189,118 +183,6 @@ def check_target(target: Path, name: str) -> None:
         )
 
 
-def _fetch(
-    url: str, part: Path, *, timeout: float, progress: bool, max_bytes: int | None = None
-) -> int | None:
-    """Download `url` into `part`, resuming from its current size. Returns the total size if announced.
-
-    Stops with DownloadError when the announced or received size exceeds `max_bytes`."""
-    offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "stylegan-transfer"})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and offset:  # nothing left to fetch: the .part file is already whole
-            total = err.headers.get("Content-Range", "").rpartition("/")[2]
-            return int(total) if total.isdigit() else offset
-        raise
-    with response:
-        length = response.headers.get("Content-Length")
-        if offset and response.status == 206:
-            total_text = response.headers.get("Content-Range", "").rpartition("/")[2]
-            total = int(total_text) if total_text.isdigit() else None
-            mode = "ab"
-            log.info("resuming %s at %d bytes", url, offset)
-        else:  # a fresh transfer (or a server that ignores Range): start over
-            offset, mode = 0, "wb"
-            total = int(length) if length and length.isdigit() else None
-        if max_bytes is not None and total is not None and total > max_bytes:
-            raise SizeLimitError(
-                f"{url} announces {total} bytes, more than the {max_bytes // MIB} MiB allowed for this download; "
-                "refusing to download it (check the URL or mirror)."
-            )
-        _check_free_space(part.parent, (total or 0) - offset, what=f"downloading {url}")
-        with (
-            open(part, mode) as out,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=part.name.removesuffix(".part"),
-                disable=not progress,
-            ) as bar,
-        ):
-            received = offset
-            while chunk := response.read(CHUNK):
-                received += len(chunk)
-                if max_bytes is not None and received > max_bytes:
-                    raise SizeLimitError(
-                        f"{url} sent more than the {max_bytes // MIB} MiB allowed for this download; stopped "
-                        "and deleted the partial download (check the URL or mirror)."
-                    )
-                out.write(chunk)
-                bar.update(len(chunk))
-    return total
-
-
-def download_file(
-    url: str,
-    target: Path,
-    *,
-    timeout: float = 10.0,
-    progress: bool = True,
-    hint: str = "",
-    max_bytes: int | None = None,
-) -> Path:
-    """Download `url` to `target` through `<target>.part` (an interrupted transfer resumes with HTTP Range),
-    check the size the server announced, then rename. A `target` already in place is left alone.
-
-    Raises DownloadError naming the URL, what was kept, and `hint` (how to place the file by hand).
-    """
-    target = Path(target)
-    if target.exists():
-        return target
-    part = target.with_name(target.name + ".part")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s → %s", url, target)
-    try:
-        total = _fetch(url, part, timeout=timeout, progress=progress, max_bytes=max_bytes)
-    except SizeLimitError:
-        part.unlink(missing_ok=True)  # over the size bound: nothing worth resuming
-        raise
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-        reason = getattr(err, "reason", None) or err
-        kept = f" ({part.stat().st_size} bytes kept in {part}; rerun to resume)" if part.exists() else ""
-        raise DownloadError(f"could not download {url}: {reason}{kept}.\n{hint}") from None
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise DownloadError(f"download of {url} stopped at {size} of {total} bytes; rerun to resume.\n{hint}")
-    os.replace(part, target)
-    return target
-
-
-def _check_free_space(folder: Path, needed: int, *, what: str) -> None:
-    """Refuse when the disk holding `folder` would keep less than DISK_MARGIN free after `needed` bytes."""
-    free = shutil.disk_usage(folder).free
-    if needed + DISK_MARGIN > free:
-        raise DownloadError(
-            f"not enough free disk space in {folder} for {what}: needs {needed // MIB + 1} MiB plus a margin "
-            f"of {DISK_MARGIN // MIB} MiB, {free // MIB} MiB free. Free some space or choose another folder."
-        )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_sizes(archive: Path, members: list[zipfile.ZipInfo], max_bytes: int | None) -> int:
     """Bound the extracted size (total and ratio, from the headers zipfile enforces while reading)."""
     total = sum(m.file_size for m in members)
@@ -330,7 +212,7 @@ def check_archive(archive: Path, *, sha256: str | None = None, max_bytes: int | 
 
     Returns the folder prefix inside the archive under which trainA/ ... live ('' or 'name/').
     """
-    if sha256 is not None and _sha256(archive) != sha256.lower():
+    if sha256 is not None and sha256_file(archive) != sha256.lower():
         raise DownloadError(f"{archive}: sha256 does not match the expected {sha256}")
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -359,7 +241,7 @@ def _extract(archive: Path, prefix: str, target: Path) -> None:
     sweep_stale(target.parent)  # temporary folders of extractions that were killed
     with zipfile.ZipFile(archive) as zf:
         members = [m for m in zf.infolist() if m.filename.startswith(prefix)]
-        _check_free_space(target.parent, sum(m.file_size for m in members), what=f"extracting {archive.name}")
+        check_free_space(target.parent, sum(m.file_size for m in members), what=f"extracting {archive.name}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
         try:
             for member in tqdm(
@@ -429,8 +311,9 @@ def download_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`stylegan-download data` (the arguments after `data`)."""
     parser = argparse.ArgumentParser(
-        prog="stylegan-download",
+        prog="stylegan-download data",
         description="Download CycleGAN datasets into <data-dir>/<name>/{trainA,trainB,testA,testB}.",
     )
     parser.add_argument("names", nargs="*", help="dataset or style names, e.g. vangogh2photo or vangogh")
@@ -444,19 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds (default 10)")
     parser.add_argument("--keep-archive", action="store_true", help="keep <name>.zip after extracting")
-    parser.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="pretrained generators instead of datasets: `stylegan-download --pretrained --list` shows them",
-    )
+    parser.add_argument("--pretrained", action="store_true", help=argparse.SUPPRESS)  # see below
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.pretrained:  # the stylegan-download entry point (inference.pretrained:main) handles this flag
-        print(
-            "error: run `stylegan-download --pretrained ...` or `python -m stylegan_transfer.inference.pretrained "
-            "...` for pretrained generators",
-            file=sys.stderr,
-        )
+    if args.pretrained:  # the stylegan-download entry point (inference.pretrained:main) sends it to `model`
+        print("error: pretrained generators are `stylegan-download model ...`", file=sys.stderr)
         return 2
 
     if args.list:

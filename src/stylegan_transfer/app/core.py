@@ -151,7 +151,7 @@ class GeneratorEntry:
 
 
 def pretrained_generators() -> list[GeneratorEntry]:
-    """The official CycleGAN generators already converted into the cache (`stylegan-download --pretrained
+    """The official CycleGAN generators already converted into the cache (`stylegan-download model
     NAME` puts them there); the app never downloads during a request."""
     found = []
     for name, model in MODELS.items():

@@ -117,7 +117,7 @@ class StyleganApp:
             text += f" Skipped {len(self.problems)} unusable file(s) (see the terminal)."
         text += (
             f" Pretrained CycleGAN generators in the cache: {pretrained} of {len(MODELS)}"
-            " (add one with `stylegan-download --pretrained NAME`, then press Refresh list)."
+            " (add one with `stylegan-download model NAME`, then press Refresh list)."
         )
         return text
 

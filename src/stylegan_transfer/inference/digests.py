@@ -8,22 +8,15 @@ treated as empty (the next conversion records the digests again).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from stylegan_transfer.atomic import write_text
+from stylegan_transfer.download import sha256_file
+
+__all__ = ["FILE_NAME", "record", "recorded", "sha256_file"]
 
 FILE_NAME = "pretrained_sha256.json"
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read(root: Path) -> dict[str, str]:

@@ -199,7 +199,8 @@ def _default_out_dir(checkpoint: Path) -> Path:
     return run / "export"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of `stylegan-export`."""
     parser = argparse.ArgumentParser(
         prog="stylegan-export",
         description="Export the generators of a training checkpoint, or convert a generator of the official "
@@ -238,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         "--atol", type=float, default=1e-4, help="max allowed |exported - eager| (default 1e-4)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.from_official is None):
         parser.error("give either a checkpoint or --from-official PTH")

@@ -1,7 +1,7 @@
 """The official CycleGAN pretrained generators: download once, convert, cache, load by name.
 
-    stylegan-download --pretrained --list           # every model, what it turns into what, training size
-    stylegan-download --pretrained style_vangogh    # → <cache>/pretrained/style_vangogh.safetensors
+    stylegan-download model --list           # every model, what it turns into what, training size
+    stylegan-download model style_vangogh    # → <cache>/pretrained/style_vangogh.safetensors
     stylegan-translate --model style_vangogh --input photo.jpg --output out/
 
 The CycleGAN authors publish their generators as plain PyTorch state dicts at
@@ -15,6 +15,9 @@ before anything is built), converted into our generator format with full metadat
 left in the cache. Every error is one line naming the file or URL and what to do. The cache folder is
 `$STYLEGAN_TRANSFER_CACHE`, else `$XDG_CACHE_HOME/stylegan_transfer`, else `~/.cache/stylegan_transfer`.
 STYLEGAN_TRANSFER_OFFLINE=1 never touches the network (the cache or a `.pth` placed by hand only).
+
+`main` is the `stylegan-download` command: `data` (datasets, `datasets.main`) or `model` (these generators,
+`model_main`); the older spellings without a subcommand still work, with one deprecation line on stderr.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +35,7 @@ from torch import nn
 
 from stylegan_transfer import datasets
 from stylegan_transfer.cache import CACHE_ENV, cache_dir
-from stylegan_transfer.datasets import DownloadError, download_file
+from stylegan_transfer.download import OFFLINE_ENV, DownloadError, download_file, offline
 from stylegan_transfer.inference import digests
 from stylegan_transfer.inference.generator_file import ExportError, load_generator, read_metadata
 from stylegan_transfer.inference.official import OfficialFormatError, convert_official
@@ -41,7 +45,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
 BASE_URL_ENV = "STYLEGAN_PRETRAINED_URL"
 
-OFFLINE_ENV = "STYLEGAN_TRANSFER_OFFLINE"
 CREDIT = "CycleGAN, Zhu, Park, Isola and Efros 2017 (github.com/junyanz/pytorch-CycleGAN-and-pix2pix)"
 
 
@@ -135,32 +138,26 @@ def _model(name: str) -> PretrainedModel:
     if name not in MODELS:
         raise PretrainedError(
             f"unknown pretrained model {name!r}; choose one of: {', '.join(MODELS)} "
-            "(`stylegan-download --pretrained --list`)"
+            "(`stylegan-download model --list`)"
         )
     return MODELS[name]
 
 
 def _manual_hint(original: Path) -> str:
     """The short form of the manual route (the whole one is in `--help` and the README)."""
-    return (
-        f"to install it by hand, put that file at {original} (see `stylegan-download --pretrained --help`)."
-    )
+    return f"to install it by hand, put that file at {original} (see `stylegan-download model --help`)."
 
 
 MANUAL_ROUTE = (
     "Without internet access on this machine: download <base>/<name>.pth on another machine and put it at "
     "<cache>/pretrained/<name>.pth here (it is checked and converted on first use); or run `stylegan-download "
-    "--pretrained NAME` on a machine with internet access and copy the <name>.safetensors it writes to "
+    "model NAME` on a machine with internet access and copy the <name>.safetensors it writes to "
     "<cache>/pretrained/ here."
 )
 
 
 def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
-
-
-def _offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _usable(path: Path) -> bool:
@@ -190,7 +187,7 @@ def download_pretrained(
     hint = _manual_hint(original)
     placed_by_hand = original.exists()
     if not placed_by_hand:
-        if _offline():
+        if offline():
             raise PretrainedError(
                 f"{name} is not in the cache and {OFFLINE_ENV} is set: {url} is needed; {hint}"
             )
@@ -264,15 +261,18 @@ def listing() -> str:
     return "\n".join(rows)
 
 
-def pretrained_main(argv: Sequence[str] | None = None) -> int:
+def model_main(argv: Sequence[str] | None = None) -> int:
+    """`stylegan-download model`: download and convert pretrained generators by name."""
     parser = argparse.ArgumentParser(
-        prog="stylegan-download --pretrained",
+        prog="stylegan-download model",
         description="Download the official CycleGAN generators and convert them into the cache "
         "(<cache>/pretrained/<name>.safetensors).",
         epilog=f"{MANUAL_ROUTE} <base> is {DEFAULT_BASE_URL}; <cache> is ${CACHE_ENV}, else "
         "$XDG_CACHE_HOME/stylegan_transfer, else ~/.cache/stylegan_transfer.",
     )
-    parser.add_argument("--pretrained", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pretrained", action="store_true", help=argparse.SUPPRESS
+    )  # the old spelling's flag
     parser.add_argument("names", nargs="*", help="model names, e.g. style_vangogh horse2zebra")
     parser.add_argument("--all", action="store_true", help="every model")
     parser.add_argument("--list", action="store_true", help="list the models and exit")
@@ -314,11 +314,56 @@ def pretrained_main(argv: Sequence[str] | None = None) -> int:
     return 2 if failed else 0
 
 
+COMMANDS = {
+    "data": "CycleGAN datasets into <data-dir>/<name>/{trainA,trainB,testA,testB}",
+    "model": "the official CycleGAN generators, converted into the cache",
+}
+
+
+def _command_parser() -> argparse.ArgumentParser:
+    """The `stylegan-download` parser, for its help and usage only: the subcommands parse their own options."""
+    parser = argparse.ArgumentParser(
+        prog="stylegan-download",
+        description="Download CycleGAN datasets (`data`) or the official pretrained generators (`model`).",
+        epilog="`stylegan-download data --help` and `stylegan-download model --help` show each command's "
+        "options. The older spellings `stylegan-download NAME ...` and `stylegan-download --pretrained NAME "
+        "...` still work and print a deprecation note.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="{data,model}")
+    for name, text in COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def _deprecated(command: str, argv: list[str]) -> None:
+    """The one stderr line an old spelling prints: the same request in the new spelling."""
+    print(
+        f"stylegan-download: note: this spelling is deprecated; use `{shlex.join(['stylegan-download', command, *argv])}`",
+        file=sys.stderr,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`stylegan-download`: pretrained generators with `--pretrained`, datasets otherwise."""
+    """`stylegan-download data ...` (datasets) or `stylegan-download model ...` (pretrained generators).
+
+    Old spellings keep working, each with one deprecation line on stderr: `--pretrained` anywhere means
+    `model` (the flag dropped), any other arguments mean `data`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["data"]:
+        return datasets.main(argv[1:])
+    if argv[:1] == ["model"]:
+        return model_main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        parser = _command_parser()
+        if not argv:
+            parser.error("choose a command: data (datasets) or model (pretrained generators)")
+        parser.print_help()
+        return 0
     if "--pretrained" in argv:
-        return pretrained_main(argv)
+        rest = [arg for arg in argv if arg != "--pretrained"]
+        _deprecated("model", rest)
+        return model_main(rest)
+    _deprecated("data", argv)
     return datasets.main(argv)
 
 

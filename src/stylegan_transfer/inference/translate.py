@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", type=Path, help=".safetensors export or .ckpt")
     source.add_argument(
         "--model",
-        help="pretrained model name, e.g. style_vangogh (`stylegan-download --pretrained --list`); "
+        help="pretrained model name, e.g. style_vangogh (`stylegan-download model --list`); "
         "downloaded and converted on first use",
     )
     parser.add_argument("inputs", nargs="*", help="image/video files, folders or globs (or --input)")
@@ -171,46 +171,160 @@ def _output_path(out_dir: Path, relative: Path, fmt: str) -> Path:
     return out_dir / relative.with_suffix(suffix)
 
 
-def main(argv: list[str] | None = None) -> int:
+# ----------------------------------------------------------------------------- the image loop
+Jobs = list[tuple[Path, Path]]  # (input, output path)
+Loaded = tuple[Path, Path, Image.Image]  # (input, output path, the input image)
+
+
+def _load_chunk(chunk: Jobs, bar) -> tuple[list[Loaded], int]:
+    """The readable images of `chunk`, and how many could not be read (each named in one line)."""
     from tqdm import tqdm
 
-    args = build_parser().parse_args(argv)
+    loaded: list[Loaded] = []
+    failed = 0
+    for src, dst in chunk:
+        try:
+            loaded.append((src, dst, load_rgb(src)))
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+            failed += 1
+            tqdm.write(f"error: {src}: cannot read image ({err}); skipped", file=sys.stderr)
+            bar.update(1)
+    return loaded, failed
 
-    def fail(message: str) -> int:
-        print(f"stylegan-translate: error: {message}", file=sys.stderr)
-        return 2
 
+def _batches_by_size(
+    loaded: list[Loaded], generator: torch.nn.Module, device: torch.device, tile: Tiling
+) -> list[list[Loaded]]:
+    """Images of the same size batched together; one image per batch where the batch would be tiled (tiling
+    one image at a time bounds memory)."""
+    by_size: dict[tuple[int, int], list[Loaded]] = {}
+    for entry in loaded:
+        by_size.setdefault(entry[2].size, []).append(entry)
+    batches: list[list[Loaded]] = []
+    for group in by_size.values():
+        width, height = group[0][2].size
+        if plan_tiles(generator, (len(group), 3, height, width), device, tile).tiled:
+            batches += [[entry] for entry in group]
+        else:
+            batches.append(group)
+    return batches
+
+
+def _translate_batch(
+    generator: torch.nn.Module,
+    batch: list[Loaded],
+    args: argparse.Namespace,
+    *,
+    device: torch.device,
+    precision: str,
+    tile: Tiling,
+) -> tuple[int, int]:
+    """Translate and save one batch (with its side-by-side files if asked for); (written, failed)."""
+    from tqdm import tqdm
+
+    written = 0
+    try:
+        images = [to_tensor(image) for _, _, image in batch]
+        x = images[0].unsqueeze(0) if len(batch) == 1 else torch.stack(images)  # (B, 3, H, W)
+        del images
+        y = translate_tensor(
+            generator, x, tile=tile, device=device, precision=precision, progress=not args.quiet
+        )
+        del x
+        for (_src, dst, image), out in zip(batch, y, strict=True):
+            result = to_image(out)
+            save_image(result, dst)
+            if args.side_by_side:
+                save_image(side_by_side(image, result), dst.with_name(f"{dst.stem}_side_by_side{dst.suffix}"))
+            written += 1
+    except (RuntimeError, OSError, ValueError) as err:
+        names = ", ".join(str(src) for src, _, _ in batch)
+        tqdm.write(f"error: {names}: {err}; skipped", file=sys.stderr)
+        return written, len(batch)
+    return written, 0
+
+
+def translate_images(
+    generator: torch.nn.Module,
+    jobs: Jobs,
+    args: argparse.Namespace,
+    *,
+    device: torch.device,
+    precision: str,
+    tile: Tiling,
+) -> tuple[int, int]:
+    """Translate each (image, output path) in chunks of `--batch-size`, with a progress bar; (written, failed)."""
+    from tqdm import tqdm
+
+    written = failed = 0
+    bar = tqdm(total=len(jobs), unit="img", disable=args.quiet or not jobs, desc="translate")
+    for start in range(0, len(jobs), args.batch_size):
+        loaded, unreadable = _load_chunk(jobs[start : start + args.batch_size], bar)
+        failed += unreadable
+        for batch in _batches_by_size(loaded, generator, device, tile):
+            done, broken = _translate_batch(
+                generator, batch, args, device=device, precision=precision, tile=tile
+            )
+            written, failed = written + done, failed + broken
+            bar.update(len(batch))
+    bar.close()
+    return written, failed
+
+
+# ----------------------------------------------------------------------------- the command
+class _Refused(Exception):
+    """A problem found before any translation: `main` prints it as one `error:` line and exits with 2."""
+
+
+def _fail(message: str) -> int:
+    print(f"stylegan-translate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse options no translation can use (`_Refused`)."""
     if args.batch_size < 1:
-        return fail("--batch-size must be at least 1")
+        raise _Refused("--batch-size must be at least 1")
     if args.tile is not None and (args.tile < 0 or 0 < args.tile < 16):
-        return fail("--tile must be at least 16 pixels (try 512), or 0 to never tile")
+        raise _Refused("--tile must be at least 16 pixels (try 512), or 0 to never tile")
     if problem := video.check_video_arguments(args):
-        return fail(problem)
+        raise _Refused(problem)
+
+
+def _device_and_precision(args: argparse.Namespace) -> tuple[torch.device, str]:
+    """The device asked for, checked usable, and the precision (default: bf16 on CUDA, fp16 on MPS, fp32)."""
     try:
         device = pick_device(args.device)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
-        return fail(f"device {args.device!r} is not usable here ({err}); try --device cpu")
+        raise _Refused(f"device {args.device!r} is not usable here ({err}); try --device cpu") from None
     precision = args.precision or {"cpu": "fp32", "mps": "fp16"}.get(device.type, "bf16")
     if device.type == "cpu" and precision != "fp32":
-        return fail(f"--precision {precision} needs a GPU; use fp32 on the CPU")
-    inputs = [*args.inputs, *args.input]
-    if not inputs:
-        return fail("give the images to translate: files, folders or glob patterns")
-    try:
-        if args.model is not None:
-            generator = load_generator(pretrained.download_pretrained(args.model, progress=not args.quiet))
-        else:
-            generator = load(args.checkpoint, role=args.role)
-        generator = generator.to(device)
-        jobs = collect_inputs(inputs, recursive=args.recursive)
-    except (ExportError, InputError) as err:
-        return fail(str(err))
-    tile: Tiling = None  # automatic
+        raise _Refused(f"--precision {precision} needs a GPU; use fp32 on the CPU")
+    return device, precision
+
+
+def _load_generator(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The generator of `--model` (downloaded and converted on first use) or `--checkpoint`, on `device`."""
+    if args.model is not None:
+        generator = load_generator(pretrained.download_pretrained(args.model, progress=not args.quiet))
+    else:
+        generator = load(args.checkpoint, role=args.role)
+    return generator.to(device)
+
+
+def _tiling(args: argparse.Namespace) -> Tiling:
+    """`--tile`: None (automatic), 0 (never) or the tile options it names."""
     if args.tile == 0:
-        tile = 0
-    elif args.tile is not None:
-        tile = TileOptions(tile=args.tile, overlap=args.overlap, consistent=not args.naive_tiles)
+        return 0
+    if args.tile is not None:
+        return TileOptions(tile=args.tile, overlap=args.overlap, consistent=not args.naive_tiles)
+    return None
+
+
+def _plan_jobs(args: argparse.Namespace, inputs: list[str]) -> tuple[Jobs, Jobs, int]:
+    """(image jobs, video jobs, outputs skipped because they exist), each job (input, output path); videos
+    are refused before any work when PyAV or their codec options are missing."""
 
     def output_for(src: Path, relative: Path) -> Path:
         if video.is_video(src):
@@ -218,68 +332,40 @@ def main(argv: list[str] | None = None) -> int:
         return _output_path(args.output, relative, args.format)
 
     try:
-        planned = plan_outputs(jobs, output_for)
+        planned = plan_outputs(collect_inputs(inputs, recursive=args.recursive), output_for)
     except InputError as err:
-        return fail(str(err))
-    todo, skipped, failed, written = [], 0, 0, 0
-    for dst, src in planned.items():
-        if dst.exists() and not args.overwrite:
-            skipped += 1
-        else:
-            todo.append((src, dst))
+        raise _Refused(str(err)) from None
+    todo = [(src, dst) for dst, src in planned.items() if args.overwrite or not dst.exists()]
+    skipped = len(planned) - len(todo)
     videos = [(src, dst) for src, dst in todo if video.is_video(src)]
-    todo = [(src, dst) for src, dst in todo if not video.is_video(src)]
+    images = [(src, dst) for src, dst in todo if not video.is_video(src)]
     if videos:
         try:
             video.import_av()
         except video.VideoError as err:
-            return fail(f"{videos[0][0]}: {err}")
+            raise _Refused(f"{videos[0][0]}: {err}") from None
         if problem := video.check_outputs([dst for _, dst in videos], args):
-            return fail(problem)
+            raise _Refused(problem)
+    return images, videos, skipped
 
-    def emit(src: Path, dst: Path, image: Image.Image, result: Image.Image) -> None:
-        save_image(result, dst)
-        if args.side_by_side:
-            save_image(side_by_side(image, result), dst.with_name(f"{dst.stem}_side_by_side{dst.suffix}"))
 
-    bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not todo, desc="translate")
-    for start in range(0, len(todo), args.batch_size):
-        chunk = todo[start : start + args.batch_size]
-        loaded: list[tuple[Path, Path, Image.Image]] = []
-        for src, dst in chunk:
-            try:
-                loaded.append((src, dst, load_rgb(src)))
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-                failed += 1
-                tqdm.write(f"error: {src}: cannot read image ({err}); skipped", file=sys.stderr)
-                bar.update(1)
-        by_size: dict[tuple[int, int], list[tuple[Path, Path, Image.Image]]] = {}
-        for entry in loaded:
-            by_size.setdefault(entry[2].size, []).append(entry)
-        for group in by_size.values():
-            width, height = group[0][2].size
-            if plan_tiles(generator, (len(group), 3, height, width), device, tile).tiled:
-                batches = [[entry] for entry in group]  # tiled: one image at a time bounds memory
-            else:
-                batches = [group]
-            for batch in batches:
-                try:
-                    images = [to_tensor(image) for _, _, image in batch]
-                    x = images[0].unsqueeze(0) if len(batch) == 1 else torch.stack(images)  # (B, 3, H, W)
-                    del images
-                    y = translate_tensor(
-                        generator, x, tile=tile, device=device, precision=precision, progress=not args.quiet
-                    )
-                    del x
-                    for (src, dst, image), out in zip(batch, y, strict=True):
-                        emit(src, dst, image, to_image(out))
-                        written += 1
-                except (RuntimeError, OSError, ValueError) as err:
-                    failed += len(batch)
-                    names = ", ".join(str(src) for src, _, _ in batch)
-                    tqdm.write(f"error: {names}: {err}; skipped", file=sys.stderr)
-                bar.update(len(batch))
-    bar.close()
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _check_arguments(args)
+        device, precision = _device_and_precision(args)
+        inputs = [*args.inputs, *args.input]
+        if not inputs:
+            raise _Refused("give the images to translate: files, folders or glob patterns")
+        try:
+            generator = _load_generator(args, device)
+        except ExportError as err:
+            raise _Refused(str(err)) from None
+        tile = _tiling(args)
+        images, videos, skipped = _plan_jobs(args, inputs)
+    except _Refused as err:
+        return _fail(str(err))
+    written, failed = translate_images(generator, images, args, device=device, precision=precision, tile=tile)
     if videos:
         done, broken = video.run_videos(
             generator, videos, args, device=device, precision=precision, tile=tile
