@@ -243,7 +243,7 @@ def test_every_style_file_names_a_downloadable_dataset(compose_cfg):
         assert cfg.style.dataset == info.name and resolve_name(info.style) == info.name
         assert cfg.data.dataset == info.name and cfg.data.download is False
         assert cfg.data.swap_domains in (True, False)
-        assert f"stylegan-download {info.name}" in cfg.data.missing_hint
+        assert f"stylegan-download data {info.name}" in cfg.data.missing_hint
     assert compose_cfg("style=custom").data.dataset is None
 
 
@@ -273,4 +273,4 @@ def test_train_without_the_dataset_fails_fast_naming_the_folder(compose_cfg, tmp
     assert time.perf_counter() - start < 10
     message = str(err.value)
     assert str(tmp_path / "nowhere" / "horse2zebra" / "trainA") in message
-    assert "stylegan-download horse2zebra" in message
+    assert "stylegan-download data horse2zebra" in message
