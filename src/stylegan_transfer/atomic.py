@@ -66,18 +66,27 @@ def pid_alive(pid: int) -> bool:
 def sweep_stale(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files (and folders) this package left in `folder` when a process was killed:
     names `.<stem>.tmp-<pid>...` whose process no longer runs. Nothing else is touched. Returns them."""
-    folder = Path(folder)
+    return sweep_dead(folder, _TMP_PID)
+
+
+def sweep_dead(
+    folder: str | os.PathLike, owner: re.Pattern[str], *, folders_only: bool = False
+) -> list[Path]:
+    """Remove the entries of `folder` whose name `owner` matches with the id (its group 1) of a process that no
+    longer runs (never this one's); with `folders_only`, only real folders, no files or links. Returns them."""
     removed: list[Path] = []
     try:
-        entries = list(folder.iterdir())
+        entries = list(Path(folder).iterdir())
     except OSError:
         return removed
     for entry in entries:
-        match = _TMP_PID.match(entry.name)
+        match = owner.match(entry.name)
         if match is None or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
+        elif folders_only:
+            continue
         else:
             entry.unlink(missing_ok=True)
         removed.append(entry)

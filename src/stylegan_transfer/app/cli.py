@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from stylegan_transfer.app.limits import DEFAULT_MAX_PIXELS, MIN_SIDE, TILE, TILE_ABOVE
-from stylegan_transfer.atomic import pid_alive
+from stylegan_transfer.atomic import sweep_dead
 
 LOOPBACK = "127.0.0.1"
 WORKDIR_PREFIX = "stylegan-app-"
@@ -39,20 +39,7 @@ def make_workdir() -> Path:
 def sweep_dead_workdirs(folder: str | os.PathLike) -> list[Path]:
     """Remove the app folders in `folder` whose process no longer runs (an app killed with `kill -9` cannot
     remove its own); folders of running apps and anything not named by `make_workdir` stay. Returns them."""
-    removed = []
-    try:
-        entries = list(Path(folder).iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _WORKDIR.match(entry.name)
-        if match is None or entry.is_symlink() or not entry.is_dir():
-            continue
-        pid = int(match.group(1))
-        if pid != os.getpid() and not pid_alive(pid):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
+    return sweep_dead(folder, _WORKDIR, folders_only=True)
 
 
 class HostError(ValueError):
