@@ -195,7 +195,7 @@ def training_configs(
     device: torch.device, args: argparse.Namespace, recipe: str
 ) -> dict[str, dict[str, Any]]:
     """reference: perf=none with plain Adam (the official code's behaviour); fast: perf=gpu on a GPU,
-    perf=cpu on a CPU; on a CPU also that preset with channels_last in fp32 and in bf16. `recipe` picks the
+    perf=cpu on a CPU (bf16 autocast where the CPU has it natively); on a CPU also that preset with channels_last in fp32 and in bf16. `recipe` picks the
     model's losses (RECIPES)."""
     trainer = "gpu" if device.type == "cuda" else "cpu"
     base = [*RECIPES[recipe], *args.overrides]

@@ -324,6 +324,7 @@ def train_command(run: Run, resume: Sequence[str] = ()) -> list[str]:
         "style=custom",
         f"data.root={run.task.root}",
         *NETWORKS,
+        "perf=none",  # fp32 on every machine (rows trained on different machines compare); a row may override it
         "data.val_size=4",
         "data.num_workers=0",
         f"model.epochs_constant={half}",

@@ -10,6 +10,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from helpers import run_train_py
+from stylegan_transfer import devices
 from stylegan_transfer.networks import DISCRIMINATORS, GENERATORS
 from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS
 from stylegan_transfer.training.cyclegan import CycleGANModule
@@ -240,7 +241,6 @@ SPECIALISED = {  # folder: (the group named first in the file name, the group na
     "size/generator": ("size", "model/generator"),
     "debug/model": ("debug", "model"),
     "debug/generator": ("debug", "model/generator"),
-    "perf/by_trainer": ("perf", "trainer"),
 }
 
 
@@ -301,7 +301,11 @@ DEMO_TRAINER = {
 }  # fmt: skip
 
 
-def test_the_demo_trains_exactly_as_before(compose_cfg):
+def test_the_demo_trains_exactly_as_before(compose_cfg, native_bf16):
+    """On a CPU without native bf16 (the slower machines); with it, only the precision differs (bf16 autocast)."""
+    native_bf16(True)
+    assert compose_cfg(tiny=False).trainer.precision == "bf16-mixed"
+    native_bf16(False)
     cfg = compose_cfg(tiny=False)
     OmegaConf.resolve(cfg)
     hparams = {k: _normalise(v) for k, v in instantiate(cfg.model).hparams.items()}
@@ -360,27 +364,72 @@ PAPER_SPEED = ("32-true", None, 1, False, False, None, "none")
 GPU_SPEED = ("bf16-mixed", True, 8, True, True, True, "sqrt")
 
 
+CPU_BF16 = ("bf16-mixed", None, 1, False, False, None, "none")
+
 SPEED_CASES = [
-    ((), PAPER_SPEED),
+    ((), CPU_BF16),  # on a CPU with native bf16 (see the test below for one without)
     (("trainer=gpu",), GPU_SPEED),
     (("trainer=ddp",), GPU_SPEED),
+    (("perf=none",), PAPER_SPEED),
     (("trainer=gpu", "perf=none"), PAPER_SPEED),
     (("trainer=ddp", "perf=none"), PAPER_SPEED),
     (("trainer=gpu", "perf=gpu"), GPU_SPEED),
     (("perf=gpu",), GPU_SPEED),
-    (("perf=cpu",), ("bf16-mixed", None, 1, False, False, None, "none")),
+    (("perf=cpu",), CPU_BF16),
+    (("trainer=gpu", "perf=cpu"), CPU_BF16),
 ]
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """Pretend the CPU computes bf16 in hardware (or not: `native_bf16(False)`)."""
+
+    def _set(native: bool = True) -> None:
+        monkeypatch.setattr(devices, "native_bf16_cpu", lambda: native)
+
+    _set()
+    return _set
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"), SPEED_CASES, ids=[" ".join(o) or "default" for o, _ in SPEED_CASES]
 )
-def test_the_trainer_does_not_choose_the_speed_preset_perf_does(compose_cfg, overrides, expected):
+def test_the_trainer_does_not_choose_the_speed_preset_perf_does(
+    compose_cfg, native_bf16, overrides, expected
+):
     cfg = compose_cfg(*overrides, tiny=False)
     assert _speed(cfg) == expected
     assert cfg.trainer.accelerator == (
         "gpu" if "trainer=gpu" in overrides or "trainer=ddp" in overrides else "cpu"
     )
+
+
+@pytest.mark.parametrize("overrides", [(), ("perf=cpu",), ("debug=tiny",)], ids=str)
+def test_the_cpu_preset_stays_fp32_where_bf16_would_be_emulated(compose_cfg, native_bf16, overrides):
+    native_bf16(False)
+    assert _speed(compose_cfg(*overrides, tiny=False)) == PAPER_SPEED
+
+
+def test_each_trainer_has_its_speed_preset_and_every_preset_composes(compose_cfg, native_bf16):
+    """`perf: ${trainer}` in train.yaml: a trainer without a preset file would fail to compose."""
+    trainers = _options("trainer")
+    assert trainers <= _options("perf"), "configs/perf/ needs a file per trainer"
+    for trainer in sorted(trainers):
+        for perf in sorted(_options("perf")):
+            cfg = compose_cfg(f"trainer={trainer}", f"perf={perf}", tiny=False)
+            assert cfg.trainer.precision in {"32-true", "bf16-mixed"}, (trainer, perf)
+
+
+def test_cpu_precision_follows_torchs_hardware_probes(monkeypatch):
+    """Either probe (AVX-512-BF16, AMX) means native bf16; neither, or a torch without them, means fp32."""
+    for avx512_bf16, amx, native in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert devices.native_bf16_cpu() is native
+        assert devices.cpu_precision() == ("bf16-mixed" if native else "32-true")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert devices.native_bf16_cpu() is False
 
 
 def test_trainer_files_select_no_other_group():

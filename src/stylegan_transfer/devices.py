@@ -1,4 +1,5 @@
-"""The one rule for choosing a device when the user says `auto`: CUDA, else Apple MPS, else the CPU."""
+"""The one rule for choosing a device when the user says `auto` (CUDA, else Apple MPS, else the CPU), and the one
+rule for the CPU speed preset's precision (bf16 autocast only where the CPU has bf16 in hardware)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,16 @@ def pick_device(name: str | torch.device | None = "auto") -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def native_bf16_cpu() -> bool:
+    """True when this CPU computes bfloat16 in hardware (AVX-512-BF16 or AMX), where bf16 autocast trains 1.5-1.6x
+    faster than fp32 (docs/benchmarks.md); without it bf16 is emulated and slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch 2.x: absent = no
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def cpu_precision() -> str:
+    """The Lightning precision of the CPU speed preset (configs/perf/cpu.yaml): "bf16-mixed" on CPUs with native
+    bf16, else "32-true"."""
+    return "bf16-mixed" if native_bf16_cpu() else "32-true"

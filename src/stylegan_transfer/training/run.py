@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from stylegan_transfer import devices
 from stylegan_transfer.atomic import sweep_stale
 from stylegan_transfer.datasets import DEMO_ROOT, DataError
 from stylegan_transfer.inference.checkpoint import EMA_SUFFIX, ROLES
@@ -81,6 +82,7 @@ def quiet_known_warnings() -> None:
 
 def register_resolvers() -> None:
     """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.log2:n}` → floor(log2 n);
+    `${st.cpu_precision:}` → "bf16-mixed" on CPUs with native bf16, else "32-true" (devices.cpu_precision);
     `${st.dirname:...}` → a safe folder name; `${st.parent:path}` → the folder containing `path`. For
     multi-process launches (configs/hydra): `${st.launch_stamp:FORMAT}` → the run folder's time stamp, the same
     in every process of a launch; `${st.rank_zero:X}` → X on rank 0, null elsewhere; `${st.rank_suffix:}` → ""
@@ -93,6 +95,7 @@ def register_resolvers() -> None:
     )
     OmegaConf.register_new_resolver("st.sum", lambda *xs: sum(xs), replace=True)
     OmegaConf.register_new_resolver("st.log2", lambda n: int(math.log2(int(n))), replace=True)
+    OmegaConf.register_new_resolver("st.cpu_precision", lambda: devices.cpu_precision(), replace=True)
     OmegaConf.register_new_resolver("st.dirname", safe_dirname, replace=True)
     OmegaConf.register_new_resolver("st.launch_stamp", launch_stamp, replace=True, use_cache=True)
     OmegaConf.register_new_resolver(
