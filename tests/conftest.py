@@ -1,9 +1,10 @@
 """Fixtures only (what tests import lives in tests/helpers): generated image folders, configs composed from the
-real files in configs/, deterministic CPU threads, and the `gpu` marker's skip when no CUDA device exists."""
+real files in configs/, the loopback HTTP server, deterministic CPU threads, and the `gpu` marker's skip when no
+CUDA device exists."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from helpers import CONFIGS, TINY, write_images
+from helpers.loopback import LoopbackServer, serving
 from stylegan_transfer.training.run import register_resolvers
 
 
@@ -52,6 +54,13 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return cfg
 
     return _compose
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    """A loopback HTTP server (helpers.loopback): tests put bytes in `server.files` and download from `server.url`."""
+    with serving() as loopback:
+        yield loopback
 
 
 @pytest.fixture(autouse=True)

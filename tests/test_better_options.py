@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import open_dict
-from torch.utils.data import DataLoader
 
-from helpers import quiet_trainer
+from helpers import batch_list, fit_batches
 from helpers import tiny_cyclegan as tiny
+from helpers.training import data_overrides, train_into
 from stylegan_transfer.inference.checkpoint import read_checkpoint
 from stylegan_transfer.inference.export import export_checkpoint
 from stylegan_transfer.inference.generator_file import load_generator, read_metadata
@@ -24,24 +23,7 @@ from stylegan_transfer.networks import PatchDiscriminator, ResnetGenerator, init
 from stylegan_transfer.perceptual import VGGFeatures, vgg_features_module
 from stylegan_transfer.training import callbacks as cb
 from stylegan_transfer.training.adversarial import ema_decay_at, update_ema
-from stylegan_transfer.training.run import export_generators, train
-
-
-def fixed_batches(count: int, batch: int = 2, size: int = 32) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        {
-            "a": torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
-            "b": torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
-        }
-        for _ in range(count)
-    ]
-
-
-def fit_batches(module, batches, **kwargs):
-    trainer = quiet_trainer(max_steps=len(batches), limit_val_batches=0, **kwargs)
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))  # the batches as they are
-    return trainer
+from stylegan_transfer.training.run import export_generators
 
 
 # ----------------------------------------------------------------------------- R1
@@ -130,7 +112,7 @@ def test_discriminator_loss_applies_gamma_over_two_and_lambda_gp_once():
 
 def test_r1_trains_and_is_logged():
     module = tiny(lambda_r1=10.0)
-    trainer = fit_batches(module, fixed_batches(1))
+    trainer = fit_batches(module, batch_list(1, batch=2))
     r1 = trainer.callback_metrics["train/r1"]
     assert torch.isfinite(r1) and r1 > 0
 
@@ -157,7 +139,7 @@ def test_ema_follows_each_generator_step_and_is_what_evaluation_sees():
     assert not hasattr(tiny(), "g_ab_ema")  # off: no copies, the paper's state dict
     initial = copy.deepcopy(module.g_ab.state_dict())
     assert all(torch.equal(v, module.g_ab_ema.state_dict()[k]) for k, v in initial.items())  # starts equal
-    batches = fixed_batches(2)
+    batches = batch_list(2, batch=2)
     fit_batches(module, batches)
     trained_params = {n for n, _ in module.g_ab.named_parameters()}
     for name in trained_params:
@@ -188,7 +170,7 @@ def test_ema_decay_warms_up_to_the_configured_value():
 def test_ema_update_value_after_each_step_counts_updates():
     module = tiny(ema_decay=0.75)
     assert int(module.ema_updates) == 0 and "ema_updates" in module.state_dict()  # saved with checkpoints
-    fit_batches(module, fixed_batches(2))
+    fit_batches(module, batch_list(2, batch=2))
     updates = int(module.ema_updates)
     assert updates >= 1  # one per generator step
     with torch.no_grad():
@@ -217,7 +199,7 @@ def test_kid_evaluation_scores_the_ema_generator(monkeypatch):
 
 def test_exports_and_checkpoints_carry_the_ema_weights(tmp_path):
     module = tiny(ema_decay=0.5)
-    trainer = fit_batches(module, fixed_batches(2), default_root_dir=tmp_path)
+    trainer = fit_batches(module, batch_list(2, batch=2), default_root_dir=tmp_path)
     module.eval()
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
@@ -245,10 +227,10 @@ def test_ema_resumes_exactly(compose_cfg, cyclegan_dir, tmp_path):
     """3 epochs in one go, or 2 epochs and a resume from last.ckpt: the same EMA weights at the end."""
 
     def run(out: Path, *overrides: str) -> dict[str, torch.Tensor]:
-        cfg = compose_cfg(
-            "style=custom",
-            f"data.dir_a={cyclegan_dir / 'trainA'}",
-            f"data.dir_b={cyclegan_dir / 'trainB'}",
+        train_into(
+            compose_cfg,
+            out,
+            *data_overrides(cyclegan_dir),
             "model.epochs_constant=1",
             "model.epochs_decay=2",
             "model.ema_decay=0.5",
@@ -257,9 +239,6 @@ def test_ema_resumes_exactly(compose_cfg, cyclegan_dir, tmp_path):
             "callbacks.export_best=null",
             *overrides,
         )
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(out)
-        train(cfg)
         state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         return {k: v for k, v in state.items() if k.startswith(("g_ab_ema.", "g_ba_ema."))}
 
@@ -294,7 +273,7 @@ def test_perceptual_cycle_and_identity_terms_have_their_definition_and_weights()
     module = tiny(**hp)
     vgg = _tiny_vgg(module)
     g_ab, g_ba = copy.deepcopy(module.g_ab), copy.deepcopy(module.g_ba)
-    batches = fixed_batches(1)
+    batches = batch_list(1, batch=2)
     trainer = fit_batches(module, batches)
     m = trainer.callback_metrics
     real_a, real_b = batches[0]["a"], batches[0]["b"]

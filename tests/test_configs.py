@@ -236,6 +236,47 @@ def test_the_pixel_discriminator_composes_and_builds(compose_cfg, overrides):
     assert type(instantiate(cfg.model).d_a).__name__ == "PixelDiscriminator"
 
 
+# debug=fast is debug=tiny (debug/tiny.yaml and its debug/{model,generator}/tiny_* files) plus only these
+# differences: twice the width and depth, and the model summary and progress bar that a real run prints.
+DEBUG_MODEL_GENERATORS = [*MODEL_GENERATORS, ("cut", "resnet"), ("fastcut", "resnet")]
+
+
+def _fast_differences(tiny: DictConfig, real: DictConfig) -> dict:
+    """{dotted key: debug=fast's value} for every value in which debug=fast differs from debug=tiny."""
+    differences = {
+        "model.generator.channels": 8,
+        "trainer.enable_model_summary": True,
+        "callbacks.progress": OmegaConf.to_container(real.callbacks.progress),
+    }
+    if "n_blocks" in tiny.model.generator:  # resnet, johnson
+        differences["model.generator.n_blocks"] = 2
+    if "discriminator" in tiny.model:  # every model but fast_style
+        differences["model.discriminator.channels"] = 8
+    return differences
+
+
+@pytest.mark.parametrize(("model", "generator"), DEBUG_MODEL_GENERATORS)
+def test_debug_fast_is_tiny_plus_its_differences(compose_cfg, model, generator):
+    choices = (f"model={model}", f"model/generator={generator}")
+    tiny = compose_cfg(*choices, "debug=tiny", tiny=False)
+    fast = compose_cfg(*choices, "debug=fast", tiny=False)
+    differences = _fast_differences(tiny, compose_cfg(*choices, tiny=False))
+    expected = tiny.copy()
+    for key, value in differences.items():
+        assert OmegaConf.select(tiny, key) != value, f"debug=tiny already has {key}={value!r}"
+        OmegaConf.update(expected, key, value, merge=False, force_add=True)
+    assert OmegaConf.to_container(fast) == OmegaConf.to_container(expected)
+
+
+def test_every_debug_fast_file_starts_from_its_tiny_file():
+    fast_files = sorted((CONFIGS / "debug").rglob("fast*.yaml"))
+    assert len(fast_files) == len(sorted((CONFIGS / "debug").rglob("tiny*.yaml")))
+    for path in fast_files:
+        tiny_name = path.stem.replace("fast", "tiny", 1)
+        assert (path.parent / f"{tiny_name}.yaml").is_file(), path
+        assert OmegaConf.load(path).defaults[0] == tiny_name, path
+
+
 SPECIALISED = {  # folder: (the group named first in the file name, the group named second)
     "size/model": ("size", "model"),
     "size/generator": ("size", "model/generator"),

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from helpers import REPO, TINY, quiet_trainer, run_train_py, write_images
+from helpers import REPO, TINY, batch_list, fit_batches, quiet_trainer, run_train_py, write_images
 from stylegan_transfer.inference.checkpoint import read_checkpoint
 from stylegan_transfer.inference.export import export_checkpoint
 from stylegan_transfer.inference.export import main as export_main
@@ -35,23 +35,6 @@ TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2, "antialias": True}
 
 def tiny_cut(**kwargs) -> CUTModule:
     return CUTModule(generator=TINY_G, discriminator=TINY_D, num_patches=16, **kwargs)
-
-
-def fixed_batches(count: int, batch: int = 2, size: int = 32) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        {
-            "a": torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
-            "b": torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
-        }
-        for _ in range(count)
-    ]
-
-
-def fit(module, batches, **kwargs):
-    trainer = quiet_trainer(max_steps=len(batches), limit_val_batches=0, **kwargs)
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
-    return trainer
 
 
 # ----------------------------------------------------------------------------- PatchNCE
@@ -133,7 +116,7 @@ def test_cut_defaults_are_the_papers_and_reject_generators_without_an_encoder():
 def test_one_step_trains_generator_head_and_discriminator():
     module = tiny_cut()
     before = {name: copy.deepcopy(getattr(module, name).state_dict()) for name in ("g_ab", "d_b", "nce_head")}
-    trainer = fit(module, fixed_batches(1))
+    trainer = fit_batches(module, batch_list(1, batch=2))
     for name, state in before.items():
         now = getattr(module, name).state_dict()
         assert any(not torch.equal(v, now[k]) for k, v in state.items()), f"{name} did not learn"
@@ -146,7 +129,7 @@ def test_one_step_trains_generator_head_and_discriminator():
 
 def test_fastcut_weights_nce_by_ten_without_identity():
     module = tiny_cut(lambda_nce=10.0, nce_idt=False, flip_equivariance=True)
-    m = fit(module, fixed_batches(1)).callback_metrics
+    m = fit_batches(module, batch_list(1, batch=2)).callback_metrics
     assert "train/nce_idt" not in m
     assert m["train/loss_g"].item() == pytest.approx(
         (m["train/g_adv"] + 10 * m["train/nce"]).item(), rel=1e-6
@@ -164,8 +147,8 @@ def test_flip_equivariance_translates_the_mirror_and_compares_features_mirrored_
     monkeypatch.setattr(CUTModule, "_draw_flip", flip_and_seed)
     seen = []
     module.d_b.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().clone()))
-    batch = fixed_batches(1)
-    m = fit(module, batch).callback_metrics
+    batch = batch_list(1, batch=2)
+    m = fit_batches(module, batch).callback_metrics
     real_a = batch[0]["a"]
     with torch.no_grad():
         fake_b = reference.g_ab(real_a.flip(3))
@@ -182,7 +165,7 @@ def test_flip_equivariance_translates_the_mirror_and_compares_features_mirrored_
 
 def test_grid_columns_and_validation_of_a_one_way_model():
     module = tiny_cut().eval()
-    (batch,) = fixed_batches(1)
+    (batch,) = batch_list(1, batch=2)
     out = module.translate_batch(batch["a"], batch["b"])
     assert list(out) == ["real_a", "fake_b", "rec_a", "real_b", "fake_a", "rec_b"]
     with torch.no_grad():
@@ -213,7 +196,7 @@ def test_without_kid_selection_falls_back_to_val_nce(tmp_path, monkeypatch):
 @pytest.fixture
 def cut_checkpoint(tmp_path) -> tuple[Path, CUTModule]:
     module = tiny_cut(ema_decay=0.5)
-    trainer = fit(module, fixed_batches(2), default_root_dir=tmp_path)
+    trainer = fit_batches(module, batch_list(2, batch=2), default_root_dir=tmp_path)
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True)
     trainer.save_checkpoint(path)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import http.server
-import socket
-import threading
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers import write_images
+from helpers.loopback import closed_port_url
 from stylegan_transfer.datasets import (
     DATASETS,
     DataError,
@@ -26,70 +23,6 @@ from stylegan_transfer.training.data import UnpairedDataModule
 from stylegan_transfer.training.run import train
 
 
-class ArchiveServer(http.server.ThreadingHTTPServer):
-    """Serves `files` (URL path → bytes) with HTTP Range support; `cut_after` truncates the next response."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files: dict[str, bytes] = {}
-        self.cut_after: int | None = None
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: ArchiveServer
-
-    def log_message(self, *args) -> None:  # keep test output quiet
-        pass
-
-    def do_GET(self) -> None:
-        self.server.requests.append((self.path, self.headers.get("Range")))
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start, status = 0, 200
-        if self.headers.get("Range", "").startswith("bytes="):
-            start = int(self.headers["Range"][6:].split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            status = 206
-        body = data[start:]
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        if self.server.cut_after is not None:  # simulate a dropped connection
-            body, self.server.cut_after = body[: self.server.cut_after], None
-            self.wfile.write(body)
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def server() -> Iterator[ArchiveServer]:
-    srv = ArchiveServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
 def make_archive(tmp_path: Path, name: str = "vangogh2photo", *, top_folder: bool = True) -> bytes:
     """A small CycleGAN-layout zip like the official ones: <name>/trainA/... (images stored uncompressed)."""
     source = tmp_path / "archive_src" / name
@@ -101,13 +34,6 @@ def make_archive(tmp_path: Path, name: str = "vangogh2photo", *, top_folder: boo
             arcname = path.relative_to(source.parent if top_folder else source).as_posix()
             zf.write(path, arcname)
     return archive.read_bytes()
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def test_full_download_extracts_the_layout_and_is_idempotent(server, tmp_path):

@@ -12,12 +12,13 @@ import pytest
 
 import test_pretrained
 from helpers import REPO
+from helpers.loopback import closed_port_url
 from stylegan_transfer import datasets, download
 from stylegan_transfer.inference import pretrained
 from test_datasets import make_archive
-from test_pretrained import _closed_port_url, _served_model
+from test_pretrained import _served_model
 
-server, cache = test_pretrained.server, test_pretrained.cache  # the loopback server and cache fixtures
+cache = test_pretrained.cache  # the download cache fixture
 
 
 def _note_and_rest(err: str) -> tuple[list[str], list[str]]:
@@ -88,7 +89,7 @@ def test_old_dataset_spelling_downloads_with_one_note(server, tmp_path, capsys):
 
 
 def test_old_model_spelling_keeps_its_one_line_error_after_the_note(cache, capsys):
-    argv = ["--base-url", _closed_port_url(), "--timeout", "3", "style_monet"]
+    argv = ["--base-url", closed_port_url(), "--timeout", "3", "style_monet"]
     assert pretrained.main(["model", *argv]) == 2
     new_err = capsys.readouterr().err.strip().splitlines()
     assert pretrained.main(["--pretrained", *argv]) == 2

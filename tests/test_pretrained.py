@@ -9,12 +9,7 @@ names, so it is built from ours). Every converted generator must give exactly th
 
 from __future__ import annotations
 
-import http.server
-import socket
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from helpers.loopback import LoopbackServer, closed_port_url
 from stylegan_transfer.images import to_image, to_tensor
 from stylegan_transfer.inference import export, pretrained, translation
 from stylegan_transfer.inference.generator_file import ExportError, load_generator, read_metadata
@@ -307,67 +303,6 @@ def test_export_cli_converts_an_official_experiment_folder(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- download
-class ModelServer(http.server.ThreadingHTTPServer):
-    """Serves `files` (URL path -> bytes) with HTTP Range; `cut_after` drops the next response early."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files: dict[str, bytes] = {}
-        self.cut_after: int | None = None
-        self.requests: list[tuple[str, str | None]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def handle_error(self, request, client_address) -> None:
-        """A client hanging up mid-body (a download refused after its headers) is expected: print nothing, since
-        tests read stderr (the default prints a traceback there, from the server's thread, at a random moment)."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: ModelServer
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.server.requests.append((self.path, self.headers.get("Range")))
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = int(self.headers["Range"][6:].split("-")[0]) if self.headers.get("Range") else 0
-        body = data[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        if self.server.cut_after is not None:
-            body, self.server.cut_after = body[: self.server.cut_after], None
-            self.wfile.write(body)
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    srv = ModelServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "cache"
@@ -376,13 +311,7 @@ def cache(tmp_path, monkeypatch) -> Path:
     return root
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def _served_model(tmp_path: Path, server: ModelServer, name: str, seed: int = 0) -> nn.Module:
+def _served_model(tmp_path: Path, server: LoopbackServer, name: str, seed: int = 0) -> nn.Module:
     """A tiny official-layout ResNet-9 served as `<server>/<name>.pth`; returns the original network."""
     official = _randomise(OfficialResnetGenerator(4, 9), seed)
     server.files[f"/{name}.pth"] = official_file(tmp_path / "served", official, f"{name}.pth").read_bytes()
@@ -436,7 +365,7 @@ def test_interrupted_download_resumes_with_a_range_request(server, cache, tmp_pa
 
 
 def test_offline_fails_fast_naming_the_url_and_where_to_put_the_file(cache, monkeypatch, server):
-    url = f"{_closed_port_url()}/style_vangogh.pth"
+    url = f"{closed_port_url()}/style_vangogh.pth"
     start = time.perf_counter()
     with pytest.raises(pretrained.PretrainedError) as err:
         pretrained.download_pretrained("style_vangogh", url=url, timeout=3, progress=False)
@@ -519,7 +448,7 @@ def test_translate_unknown_model_and_offline_fail_in_one_line(cache, tmp_path, m
     Image.new("RGB", (8, 8)).save(photo)
     assert translate_main(["--model", "vangogh", str(photo), "--output", str(tmp_path / "o"), "--quiet"]) == 2
     assert "unknown pretrained model 'vangogh'" in capsys.readouterr().err
-    monkeypatch.setenv("STYLEGAN_PRETRAINED_URL", _closed_port_url())
+    monkeypatch.setenv("STYLEGAN_PRETRAINED_URL", closed_port_url())
     start = time.perf_counter()
     assert (
         translate_main(["--model", "monet2photo", str(photo), "--output", str(tmp_path / "o"), "--quiet"])

@@ -1,54 +1,27 @@
 """Kill-and-resume: a run stopped after an epoch and resumed from last.ckpt continues exactly."""
 
-import csv
-from pathlib import Path
-
 import pytest
 import torch
-from omegaconf import open_dict
 
+from helpers.training import data_overrides, step_losses, train_logged
 from stylegan_transfer.training.cyclegan import CycleGANModule
-from stylegan_transfer.training.run import train
-
-LOSSES = ("train/loss_g", "train/loss_d", "train/cycle", "train/d_a")
-
-
-def step_losses(run_dir: Path) -> dict[int, tuple[float, ...]]:
-    out = {}
-    with open(run_dir / "csv" / "metrics.csv") as handle:
-        for row in csv.DictReader(handle):
-            if row.get("train/loss_g"):
-                out[int(row["step"])] = tuple(float(row[k]) for k in LOSSES)
-    return out
-
-
-def run(compose_cfg, out: Path, *overrides: str):
-    cfg = compose_cfg(
-        "logger=csv",
-        "trainer.log_every_n_steps=1",
-        "model.epochs_constant=1",
-        "model.epochs_decay=2",
-        *overrides,
-    )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    train(cfg)
-    return out
 
 
 @pytest.fixture
 def dataset_overrides(cyclegan_dir):
-    return ("style=custom", f"data.dir_a={cyclegan_dir / 'trainA'}", f"data.dir_b={cyclegan_dir / 'trainB'}")
+    return data_overrides(cyclegan_dir)
 
 
-def test_stop_and_resume_matches_uninterrupted_run(compose_cfg, dataset_overrides, tmp_path):
-    full = step_losses(run(compose_cfg, tmp_path / "full", *dataset_overrides))
+def test_stop_and_resume_matches_uninterrupted_train_logged(compose_cfg, dataset_overrides, tmp_path):
+    full = step_losses(train_logged(compose_cfg, tmp_path / "full", *dataset_overrides))
     assert len(full) == 12  # 3 epochs x 4 steps
 
-    first = run(compose_cfg, tmp_path / "first", *dataset_overrides, "trainer.max_epochs=2")
+    first = train_logged(compose_cfg, tmp_path / "first", *dataset_overrides, "trainer.max_epochs=2")
     last = first / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 1
-    resumed = step_losses(run(compose_cfg, tmp_path / "resumed", *dataset_overrides, f"ckpt_path={last}"))
+    resumed = step_losses(
+        train_logged(compose_cfg, tmp_path / "resumed", *dataset_overrides, f"ckpt_path={last}")
+    )
     assert sorted(resumed) == [8, 9, 10, 11]  # only the third epoch was trained again
     for step, values in resumed.items():
         assert values == pytest.approx(full[step], rel=1e-6, abs=1e-7), f"step {step}"
@@ -57,7 +30,7 @@ def test_stop_and_resume_matches_uninterrupted_run(compose_cfg, dataset_override
 def test_crash_mid_epoch_keeps_last_checkpoint_and_resumes_exactly(
     compose_cfg, dataset_overrides, tmp_path, monkeypatch
 ):
-    full = step_losses(run(compose_cfg, tmp_path / "full", *dataset_overrides))
+    full = step_losses(train_logged(compose_cfg, tmp_path / "full", *dataset_overrides))
 
     original = CycleGANModule.training_step
 
@@ -68,7 +41,7 @@ def test_crash_mid_epoch_keeps_last_checkpoint_and_resumes_exactly(
 
     monkeypatch.setattr(CycleGANModule, "training_step", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(compose_cfg, tmp_path / "crashed", *dataset_overrides)
+        train_logged(compose_cfg, tmp_path / "crashed", *dataset_overrides)
     monkeypatch.setattr(CycleGANModule, "training_step", original)
 
     checkpoints = tmp_path / "crashed" / "checkpoints"
@@ -76,7 +49,9 @@ def test_crash_mid_epoch_keeps_last_checkpoint_and_resumes_exactly(
     state = torch.load(checkpoints / "last.ckpt", weights_only=True)  # plain values only
     assert state["epoch"] == 1 and {"image_pools", "rng", "lr_schedulers"} <= set(state)
     resumed = step_losses(
-        run(compose_cfg, tmp_path / "resumed", *dataset_overrides, f"ckpt_path={checkpoints / 'last.ckpt'}")
+        train_logged(
+            compose_cfg, tmp_path / "resumed", *dataset_overrides, f"ckpt_path={checkpoints / 'last.ckpt'}"
+        )
     )
     for step, values in resumed.items():
         assert values == pytest.approx(full[step], rel=1e-6, abs=1e-7), f"step {step}"
@@ -103,14 +78,14 @@ def test_atomic_checkpoint_write_keeps_previous_file_on_failure(tmp_path, monkey
 
 def test_missing_ckpt_path_fails_fast(compose_cfg, dataset_overrides, tmp_path):
     with pytest.raises(FileNotFoundError, match="ckpt_path"):
-        run(compose_cfg, tmp_path / "x", *dataset_overrides, f"ckpt_path={tmp_path / 'nope.ckpt'}")
+        train_logged(compose_cfg, tmp_path / "x", *dataset_overrides, f"ckpt_path={tmp_path / 'nope.ckpt'}")
 
 
 def test_last_checkpoint_follows_every_epoch_even_without_improvement(
     compose_cfg, dataset_overrides, tmp_path
 ):
     # lr=0: the validation metric never improves after the first epoch; last.ckpt must still move on
-    out = run(compose_cfg, tmp_path / "flat", *dataset_overrides, "model.lr=0")
+    out = train_logged(compose_cfg, tmp_path / "flat", *dataset_overrides, "model.lr=0")
     checkpoints = out / "checkpoints"
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
     assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0

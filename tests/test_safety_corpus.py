@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import bad_inputs
-from helpers import write_images
+from helpers import tiny_vgg, write_images
+from helpers.training import data_overrides
 from stylegan_transfer import datasets
 from stylegan_transfer.inference import export
 from stylegan_transfer.inference.generator_file import save_generator
@@ -24,9 +26,6 @@ from stylegan_transfer.metrics import evaluate
 from stylegan_transfer.networks import build_generator
 from stylegan_transfer.nst import cli as stylize_cli
 from stylegan_transfer.training.run import run_job
-from test_datasets import server  # noqa: F401  (the loopback HTTP server fixture)
-from test_safety_resume import data_overrides
-from test_stylize import tiny_vgg
 
 translate = importlib.import_module("stylegan_transfer.inference.translate")  # the package exports a function
 
@@ -89,73 +88,64 @@ def snapshot(root: Path, *, skip: Path) -> dict[str, str]:
     return found
 
 
+@dataclass
+class Sandbox:
+    """tmp_path as the working folder (`root`), the entry point's output folder `out`, two good images."""
+
+    root: Path
+    out: Path
+    good: list[Path]
+    capsys: pytest.CaptureFixture[str]
+
+    def check(self, run: Callable[[], int], *, expected: int, name: Path, prefix: str = "error") -> str:
+        """Run one case and check the contract; returns the error line."""
+        root, out, capsys = self.root, self.out, self.capsys
+        capsys.readouterr()
+        before = snapshot(root, skip=out)
+        code = run()
+        err = capsys.readouterr().err
+        assert code == expected, err
+        assert "Traceback" not in err
+        errors = [line for line in err.splitlines() if f"{prefix}:" in line]
+        assert len(errors) == 1, err
+        assert str(name) in errors[0], errors[0]
+        assert snapshot(root, skip=out) == before  # inputs and everything beside the output folder untouched
+        assert not (root / bad_inputs.MARKER).exists()  # no payload ran
+        return errors[0]
+
+
 @pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    """tmp_path as the working folder (a payload would drop its marker here), an output folder, inputs.
-    The environment asks torch to unpickle (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1): no entry point may obey."""
+def sandbox(tmp_path, monkeypatch, capsys) -> Sandbox:
+    """The environment asks torch to unpickle (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1): no entry point may obey;
+    a payload would drop its marker in the working folder."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     good = write_images(tmp_path / "photos", 2)
-    out = tmp_path / "out"
-    return tmp_path, out, good
-
-
-def check(
-    run: Callable[[], int], *, expected: int, name: Path, root: Path, out: Path, capsys, prefix: str = "error"
-) -> str:
-    """Run one case and check the contract; returns the error line."""
-    capsys.readouterr()
-    before = snapshot(root, skip=out)
-    code = run()
-    err = capsys.readouterr().err
-    assert code == expected, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if f"{prefix}:" in line]
-    assert len(errors) == 1, err
-    assert str(name) in errors[0], errors[0]
-    assert snapshot(root, skip=out) == before  # inputs and everything beside the output folder untouched
-    assert not (root / bad_inputs.MARKER).exists()  # no payload ran
-    return errors[0]
+    return Sandbox(tmp_path, tmp_path / "out", good, capsys)
 
 
 # ----------------------------------------------------------------------------- translate
 @pytest.mark.parametrize("case", GENERATOR_CASES)
-def test_translate_generator_files(sandbox, capsys, case):
-    root, out, good = sandbox
+def test_translate_generator_files(sandbox, case):
+    root, out, good = sandbox.root, sandbox.out, sandbox.good
     path = bad_inputs.generator_files(root / "corpus")[case]
     argv = ["--checkpoint", str(path), "--input", str(good[0].parent), "--output", str(out), "--quiet"]
-    check(
-        lambda: translate.main([*argv, "--device", "cpu"]),
-        expected=2,
-        name=path,
-        root=root,
-        out=out,
-        capsys=capsys,
-    )
+    sandbox.check(lambda: translate.main([*argv, "--device", "cpu"]), expected=2, name=path)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
-def test_translate_checkpoints(sandbox, capsys, case):
-    root, out, good = sandbox
+def test_translate_checkpoints(sandbox, case):
+    root, out, good = sandbox.root, sandbox.out, sandbox.good
     path = bad_inputs.checkpoints(root / "corpus")[case]
-    argv = [
-        "--checkpoint",
-        str(path),
-        "--input",
-        str(good[0]),
-        "--output",
-        str(out),
-        "--quiet",
-        "--device",
-        "cpu",
-    ]
-    check(lambda: translate.main(argv), expected=2, name=path, root=root, out=out, capsys=capsys)
+    argv = ["--checkpoint", str(path), "--input", str(good[0]), "--output", str(out), "--quiet"]
+    argv += ["--device", "cpu"]
+    sandbox.check(lambda: translate.main(argv), expected=2, name=path)
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES)
-def test_translate_images(sandbox, capsys, case):
-    root, out, good = sandbox
+def test_translate_images(sandbox, case):
+    root, out, good = sandbox.root, sandbox.out, sandbox.good
     path = bad_inputs.images(root / "corpus")[case]
     generator = save_generator(
         build_generator("resnet", **bad_inputs.TINY),
@@ -173,64 +163,43 @@ def test_translate_images(sandbox, capsys, case):
         str(out),
         "--quiet",
     ]
-    check(
-        lambda: translate.main([*argv, "--device", "cpu"]),
-        expected=1,
-        name=path,
-        root=root,
-        out=out,
-        capsys=capsys,
-    )
+    sandbox.check(lambda: translate.main([*argv, "--device", "cpu"]), expected=1, name=path)
     assert sorted(p.name for p in out.iterdir()) == [f"{good[0].stem}.png"]  # the good one was still written
 
 
 # ----------------------------------------------------------------------------- export
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
-def test_export_checkpoints(sandbox, capsys, case):
-    root, out, _ = sandbox
+def test_export_checkpoints(sandbox, case):
+    root, out = sandbox.root, sandbox.out
     path = bad_inputs.checkpoints(root / "corpus")[case]
-    check(
-        lambda: export.main([str(path), "-o", str(out)]),
-        expected=2,
-        name=path,
-        root=root,
-        out=out,
-        capsys=capsys,
-    )
+    sandbox.check(lambda: export.main([str(path), "-o", str(out)]), expected=2, name=path)
     assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- eval
 @pytest.mark.parametrize("case", GENERATOR_CASES)
-def test_eval_generator_files(sandbox, capsys, case):
-    root, out, good = sandbox
+def test_eval_generator_files(sandbox, case):
+    root, out, good = sandbox.root, sandbox.out, sandbox.good
     path = bad_inputs.generator_files(root / "corpus")[case]
     folder = str(good[0].parent)
     argv = ["model", "--generator", str(path), "--input-dir", folder, "--target-dir", folder, "--offline"]
     argv += ["--device", "cpu", "--json", str(out / "scores.json")]
-    check(lambda: evaluate.main(argv), expected=2, name=path, root=root, out=out, capsys=capsys)
+    sandbox.check(lambda: evaluate.main(argv), expected=2, name=path)
 
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
-def test_eval_checkpoints(sandbox, capsys, case):
-    root, out, good = sandbox
+def test_eval_checkpoints(sandbox, case):
+    root, good = sandbox.root, sandbox.good
     path = bad_inputs.checkpoints(root / "corpus")[case]
     folder = str(good[0].parent)
     argv = ["model", "--checkpoint", str(path), "--input-dir", folder, "--target-dir", folder, "--offline"]
-    check(
-        lambda: evaluate.main([*argv, "--device", "cpu"]),
-        expected=2,
-        name=path,
-        root=root,
-        out=out,
-        capsys=capsys,
-    )
+    sandbox.check(lambda: evaluate.main([*argv, "--device", "cpu"]), expected=2, name=path)
 
 
 # ----------------------------------------------------------------------------- stylize
 @pytest.mark.parametrize("case", IMAGE_CASES)
-def test_stylize_images(sandbox, capsys, monkeypatch, case):
-    root, out, good = sandbox
+def test_stylize_images(sandbox, monkeypatch, case):
+    root, out, good = sandbox.root, sandbox.out, sandbox.good
     monkeypatch.setattr(stylize_cli, "load_vgg_features", lambda arch, weights_path=None: tiny_vgg())
     path = bad_inputs.images(root / "corpus")[case]
     for argv in (
@@ -238,20 +207,13 @@ def test_stylize_images(sandbox, capsys, monkeypatch, case):
         ["--content", str(good[0]), "--style", str(path)],
     ):
         argv += ["--output", str(out / "result.png"), "--iterations", "1", "--size", "32", "--no-progress"]
-        check(
-            lambda a=argv: stylize_cli.main([*a, "--device", "cpu"]),
-            expected=2,
-            name=path,
-            root=root,
-            out=out,
-            capsys=capsys,
-        )
+        sandbox.check(lambda a=argv: stylize_cli.main([*a, "--device", "cpu"]), expected=2, name=path)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
-def test_stylize_vgg_weights(sandbox, capsys, case):
-    root, out, good = sandbox
+def test_stylize_vgg_weights(sandbox, case):
+    root, out, good = sandbox.root, sandbox.out, sandbox.good
     path = bad_inputs.checkpoints(root / "corpus")[case]
     argv = [
         "--content",
@@ -264,32 +226,30 @@ def test_stylize_vgg_weights(sandbox, capsys, case):
         "32",
     ]
     argv += ["--iterations", "1", "--vgg-weights", str(path), "--no-progress", "--device", "cpu"]
-    check(lambda: stylize_cli.main(argv), expected=2, name=path, root=root, out=out, capsys=capsys)
+    sandbox.check(lambda: stylize_cli.main(argv), expected=2, name=path)
 
 
 # ----------------------------------------------------------------------------- download
 @pytest.mark.parametrize("case", ARCHIVE_CASES)
-def test_download_archives_placed_by_hand(sandbox, capsys, case):
-    root, out, _ = sandbox
+def test_download_archives_placed_by_hand(sandbox, case):
+    root, out = sandbox.root, sandbox.out
     archive = out / "facades.zip"
     out.mkdir()
     data = bad_inputs.archives()[case]  # (zip entries carry the time: build once)
     archive.write_bytes(data)
     argv = ["facades", "--data-dir", str(out), "--base-url", "http://127.0.0.1:9"]
-    check(lambda: datasets.main(argv), expected=2, name=archive, root=root, out=out, capsys=capsys)
+    sandbox.check(lambda: datasets.main(argv), expected=2, name=archive)
     assert archive.read_bytes() == data  # the user's file is kept
     assert sorted(p.name for p in out.iterdir()) == ["facades.zip"]  # nothing extracted
     assert not (root / "escape.txt").exists()
 
 
 @pytest.mark.parametrize("case", ARCHIVE_CASES)
-def test_download_archives_over_http(sandbox, capsys, server, case):  # noqa: F811
-    root, out, _ = sandbox
+def test_download_archives_over_http(sandbox, server, case):
+    root, out = sandbox.root, sandbox.out
     server.files = {"/facades.zip": bad_inputs.archives()[case]}
     argv = ["facades", "--data-dir", str(out), "--base-url", server.url, "--timeout", "5"]
-    line = check(
-        lambda: datasets.main(argv), expected=2, name=out / "facades.zip", root=root, out=out, capsys=capsys
-    )
+    line = sandbox.check(lambda: datasets.main(argv), expected=2, name=out / "facades.zip")
     assert "deleted it" in line  # the tool's own download: removed, so that a rerun fetches it again
     assert list(out.rglob("*")) == []  # nothing extracted, no partial file, no temporary folder
     assert not (root / "escape.txt").exists()
@@ -315,24 +275,17 @@ def run_train(compose_cfg, out: Path, *overrides: str) -> int:
 
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
-def test_train_resume_from_bad_checkpoints(sandbox, capsys, compose_cfg, cyclegan_dir, case):
-    root, out, _ = sandbox
+def test_train_resume_from_bad_checkpoints(sandbox, compose_cfg, cyclegan_dir, case):
+    root, out = sandbox.root, sandbox.out
     path = bad_inputs.checkpoints(root / "corpus")[case]
     overrides = [*data_overrides(cyclegan_dir), f"ckpt_path={path}"]
-    check(
-        lambda: run_train(compose_cfg, out, *overrides),
-        expected=2,
-        name=path,
-        root=root,
-        out=out,
-        capsys=capsys,
-    )
+    sandbox.check(lambda: run_train(compose_cfg, out, *overrides), expected=2, name=path)
     assert not (out / "export").exists()
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES)
-def test_train_on_a_folder_of_one_bad_image(sandbox, capsys, compose_cfg, cyclegan_dir, caplog, case):
-    root, out, _ = sandbox
+def test_train_on_a_folder_of_one_bad_image(sandbox, compose_cfg, cyclegan_dir, caplog, case):
+    root, out = sandbox.root, sandbox.out
     path = bad_inputs.images(root / "corpus" / case)[case]
     for other in path.parent.iterdir():
         if other != path:
@@ -343,12 +296,5 @@ def test_train_on_a_folder_of_one_bad_image(sandbox, capsys, compose_cfg, cycleg
         f"data.dir_b={path.parent}",
         *NO_KID,
     ]
-    check(
-        lambda: run_train(compose_cfg, out, *overrides),
-        expected=2,
-        name=path.parent,
-        root=root,
-        out=out,
-        capsys=capsys,
-    )
+    sandbox.check(lambda: run_train(compose_cfg, out, *overrides), expected=2, name=path.parent)
     assert str(path) in caplog.text  # the file itself is named in the warning that skipped it

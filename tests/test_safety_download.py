@@ -1,6 +1,6 @@
 """Issue 14, items 1 and 3: the downloader never deletes what it did not create, and bounds what it extracts.
 
-Every archive comes from a loopback HTTP server (test_datasets.ArchiveServer) serving files built here.
+Every archive comes from a loopback HTTP server (helpers.loopback) serving files built here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from helpers import write_images
 from stylegan_transfer.atomic import sweep_stale
 from stylegan_transfer.datasets import DATASETS, DataError, DownloadError, download_dataset, main
 from stylegan_transfer.training.run import train
-from test_datasets import make_archive, server  # noqa: F401  (the loopback server fixture)
+from test_datasets import make_archive
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -41,7 +41,7 @@ def user_folder(tmp_path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- item 1: never delete
-def test_a_folder_holding_other_files_is_refused_before_downloading(server, tmp_path):  # noqa: F811
+def test_a_folder_holding_other_files_is_refused_before_downloading(server, tmp_path):
     server.files["/horse2zebra.zip"] = make_archive(tmp_path, "horse2zebra")
     root = user_folder(tmp_path)
     before = snapshot(root)
@@ -54,7 +54,7 @@ def test_a_folder_holding_other_files_is_refused_before_downloading(server, tmp_
     assert not list(tmp_path.glob("horse2zebra.zip*"))
 
 
-def test_train_with_download_into_a_foreign_folder_keeps_it(server, tmp_path, compose_cfg, monkeypatch):  # noqa: F811
+def test_train_with_download_into_a_foreign_folder_keeps_it(server, tmp_path, compose_cfg, monkeypatch):
     server.files["/horse2zebra.zip"] = make_archive(tmp_path, "horse2zebra")
     monkeypatch.setenv("STYLEGAN_DATASETS_URL", server.url)
     root = user_folder(tmp_path)
@@ -65,7 +65,7 @@ def test_train_with_download_into_a_foreign_folder_keeps_it(server, tmp_path, co
     assert snapshot(root) == before
 
 
-def test_cli_keeps_a_partial_dataset_folder(server, tmp_path, capsys):  # noqa: F811
+def test_cli_keeps_a_partial_dataset_folder(server, tmp_path, capsys):
     server.files["/horse2zebra.zip"] = make_archive(tmp_path, "horse2zebra")
     data_dir = tmp_path / "D"
     write_images(data_dir / "horse2zebra" / "testA", 2, seed=7)
@@ -76,7 +76,7 @@ def test_cli_keeps_a_partial_dataset_folder(server, tmp_path, capsys):  # noqa: 
     assert snapshot(data_dir) == before
 
 
-def test_an_empty_target_folder_is_filled(server, tmp_path):  # noqa: F811
+def test_an_empty_target_folder_is_filled(server, tmp_path):
     server.files["/horse2zebra.zip"] = make_archive(tmp_path, "horse2zebra")
     target = tmp_path / "d" / "h2z"
     target.mkdir(parents=True)
@@ -139,7 +139,7 @@ def zip_bomb(path: Path, *, inflated: int = 64 << 20) -> Path:
     return path
 
 
-def test_a_zip_bomb_is_refused_before_extracting(server, tmp_path):  # noqa: F811
+def test_a_zip_bomb_is_refused_before_extracting(server, tmp_path):
     bomb = zip_bomb(tmp_path / "bomb.zip")
     assert bomb.stat().st_size < 1 << 20
     server.files["/horse2zebra.zip"] = bomb.read_bytes()
@@ -157,7 +157,7 @@ def _incompressible_archive(path: Path, mib: float) -> Path:
     return path
 
 
-def test_archives_larger_than_the_dataset_can_be_are_refused(server, tmp_path, monkeypatch):  # noqa: F811
+def test_archives_larger_than_the_dataset_can_be_are_refused(server, tmp_path, monkeypatch):
     monkeypatch.setitem(DATASETS, "facades", replace(DATASETS["facades"], max_mib=1))
     server.files["/facades.zip"] = _incompressible_archive(tmp_path / "big.zip", 1.5).read_bytes()
     data_dir = tmp_path / "data"

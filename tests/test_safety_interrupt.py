@@ -9,20 +9,31 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import REPO
+from helpers.training import data_overrides, step_losses, train_logged
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.run import TrainingInterrupted, run_job
-from test_resume import run, step_losses
-from test_safety_resume import data_overrides
+
+
+def interrupted_run(compose_cfg, out: Path, overrides: list[str], monkeypatch, step) -> TrainingInterrupted:
+    """train_logged into `out` with `step` as CycleGANModule.training_step, which must end in TrainingInterrupted
+    (returned); the original step is put back after."""
+    original = CycleGANModule.training_step
+    monkeypatch.setattr(CycleGANModule, "training_step", step)
+    with pytest.raises(TrainingInterrupted) as err:
+        train_logged(compose_cfg, out, *overrides)
+    monkeypatch.setattr(CycleGANModule, "training_step", original)
+    return err.value
 
 
 def test_sigterm_mid_epoch_then_resume_is_exact(compose_cfg, cyclegan_dir, tmp_path, monkeypatch):
     overrides = data_overrides(cyclegan_dir)
-    full = step_losses(run(compose_cfg, tmp_path / "full", *overrides))
+    full = step_losses(train_logged(compose_cfg, tmp_path / "full", *overrides))
     assert len(full) == 12  # 3 epochs x 4 batches
 
     original = CycleGANModule.training_step
@@ -32,19 +43,18 @@ def test_sigterm_mid_epoch_then_resume_is_exact(compose_cfg, cyclegan_dir, tmp_p
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(CycleGANModule, "training_step", terminated)
-    with pytest.raises(TrainingInterrupted) as err:
-        run(compose_cfg, tmp_path / "stopped", *overrides)
-    monkeypatch.setattr(CycleGANModule, "training_step", original)
+    stopped = interrupted_run(compose_cfg, tmp_path / "stopped", overrides, monkeypatch, terminated)
     interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
-    assert err.value.exit_code == 143 and f"ckpt_path={interrupted}" in str(err.value)
+    assert stopped.exit_code == 143 and f"ckpt_path={interrupted}" in str(stopped)
     state = torch.load(interrupted, weights_only=True)
     assert (
         state["epoch"] == 1
         and state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 2
     )
 
-    resumed = step_losses(run(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}"))
+    resumed = step_losses(
+        train_logged(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}")
+    )
     assert len(resumed) >= 6  # the rest of epoch 1, and epoch 2
     for step, values in resumed.items():
         assert values == pytest.approx(full[step], rel=1e-6, abs=1e-7), f"step {step}"
@@ -106,7 +116,7 @@ def test_ctrl_c_mid_epoch_then_resume_logs_the_steps_of_the_uninterrupted_run(
 ):
     """Issue 25 item 7: after Ctrl-C the weights resumed exactly, but every logged step came one off."""
     overrides = data_overrides(cyclegan_dir)
-    full = step_losses(run(compose_cfg, tmp_path / "full", *overrides))
+    full = step_losses(train_logged(compose_cfg, tmp_path / "full", *overrides))
     original = CycleGANModule.training_step
 
     def pressed(self, batch, batch_idx):
@@ -114,14 +124,14 @@ def test_ctrl_c_mid_epoch_then_resume_logs_the_steps_of_the_uninterrupted_run(
             raise KeyboardInterrupt
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(CycleGANModule, "training_step", pressed)
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # Lightning ignores SIGINT from then on
-    with pytest.raises(TrainingInterrupted) as err:
-        run(compose_cfg, tmp_path / "stopped", *overrides)
-    monkeypatch.setattr(CycleGANModule, "training_step", original)
-    assert err.value.exit_code == 130
+    assert (
+        interrupted_run(compose_cfg, tmp_path / "stopped", overrides, monkeypatch, pressed).exit_code == 130
+    )
     interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
-    resumed = step_losses(run(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}"))
+    resumed = step_losses(
+        train_logged(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}")
+    )
     assert len(resumed) >= 6  # the rest of epoch 1, and epoch 2
     assert set(resumed) <= set(full), (
         f"logged at steps {sorted(set(resumed) - set(full))} the full run never had"
@@ -135,7 +145,7 @@ def test_ctrl_c_pressed_inside_a_batch_stops_after_it_and_resumes_exactly(
 ):
     """A real SIGINT in the middle of a step: the batch finishes, then training stops with interrupted.ckpt."""
     overrides = data_overrides(cyclegan_dir)
-    full = step_losses(run(compose_cfg, tmp_path / "full", *overrides))
+    full = step_losses(train_logged(compose_cfg, tmp_path / "full", *overrides))
     original = CycleGANModule.training_step
 
     def pressed(self, batch, batch_idx):
@@ -143,16 +153,16 @@ def test_ctrl_c_pressed_inside_a_batch_stops_after_it_and_resumes_exactly(
             os.kill(os.getpid(), signal.SIGINT)  # arrives while this batch trains
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(CycleGANModule, "training_step", pressed)
-    with pytest.raises(TrainingInterrupted) as err:
-        run(compose_cfg, tmp_path / "stopped", *overrides)
-    monkeypatch.setattr(CycleGANModule, "training_step", original)
-    assert err.value.exit_code == 130
+    assert (
+        interrupted_run(compose_cfg, tmp_path / "stopped", overrides, monkeypatch, pressed).exit_code == 130
+    )
     interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
     state = torch.load(interrupted, weights_only=True)
     # the 4 batches of epoch 0 and 2 of epoch 1, the pressed one finished
     assert state["global_step"] == 2 * 6
-    resumed = step_losses(run(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}"))
+    resumed = step_losses(
+        train_logged(compose_cfg, tmp_path / "resumed", *overrides, f"ckpt_path={interrupted}")
+    )
     assert sorted(resumed) == [step for step in sorted(full) if step >= 6]
     for step, values in resumed.items():
         assert values == pytest.approx(full[step], rel=1e-6, abs=1e-7), f"step {step}"
@@ -171,7 +181,7 @@ def test_a_stop_between_two_optimiser_steps_saves_no_half_stepped_state(
     monkeypatch.setattr(CycleGANModule, "discriminator_terms", stopped)
     monkeypatch.setattr(signal, "signal", lambda *args: None)
     with pytest.raises(TrainingInterrupted):
-        run(compose_cfg, tmp_path / "stopped", *data_overrides(cyclegan_dir))
+        train_logged(compose_cfg, tmp_path / "stopped", *data_overrides(cyclegan_dir))
     checkpoints = tmp_path / "stopped" / "checkpoints"
     assert not (checkpoints / "interrupted.ckpt").exists() and (checkpoints / "last.ckpt").is_file()
     assert "between two optimiser steps" in caplog.text and "resume from last.ckpt" in caplog.text

@@ -23,9 +23,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from helpers.training import data_overrides
 from stylegan_transfer.training.resume import find_resume_point
 from stylegan_transfer.training.run import train
-from test_safety_resume import data_overrides
 
 TMP_NAME = re.compile(r"^\..*\.tmp-(\d+)")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from helpers import smooth_image, tiny_vgg
 from stylegan_transfer.nst import color, mmd, stylize
-from test_stylize import smooth_image, tiny_vgg
 
 FACTORIES = {torch.eye, torch.zeros, torch.ones, torch.full, torch.arange, torch.tensor, torch.empty}
 

@@ -2,7 +2,7 @@
 say what went wrong in one line.
 
 Crafted `.pth` files hold tensors expanded from one stored value (a few kB on disk claiming gigabytes); models
-are served by the loopback server of test_pretrained from files made here.
+are served by the loopback server (helpers.loopback) from files made here.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import pytest
 import torch
 
 import test_pretrained
+from helpers.loopback import closed_port_url
 from stylegan_transfer.inference import export, generator_file, pretrained
 from stylegan_transfer.inference.official import OfficialFormatError, convert_official
 from test_pretrained import (
     OfficialResnetGenerator,
-    _closed_port_url,
     _randomise,
     _served_model,
     official_file,
 )
 
-server, cache = test_pretrained.server, test_pretrained.cache  # the loopback server and cache fixtures
+cache = test_pretrained.cache  # the download cache fixture
 
 
 def crafted(path: Path, channels: int, n_blocks: int = 9) -> Path:
@@ -116,7 +116,7 @@ def test_a_later_download_unlike_the_first_converted_is_refused(server, cache, t
 # ----------------------------------------------------------------------------- item 9: offline, one line
 def test_the_offline_download_error_is_one_line_and_help_gives_the_manual_route(cache, monkeypatch, capsys):
     placed = cache / "pretrained" / "style_monet.pth"
-    assert pretrained.main(["model", "--base-url", _closed_port_url(), "--timeout", "3", "style_monet"]) == 2
+    assert pretrained.main(["model", "--base-url", closed_port_url(), "--timeout", "3", "style_monet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "style_monet.pth" in err and str(placed) in err, err
     monkeypatch.setenv("STYLEGAN_TRANSFER_OFFLINE", "1")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import REPO
+from helpers.training import data_overrides, train_py
 from stylegan_transfer.training.callbacks import AtomicCheckpointIO
 from stylegan_transfer.training.resume import ResumeError
 from stylegan_transfer.training.run import train
@@ -24,10 +21,6 @@ class Payload:
 
     def __reduce__(self):
         return (exec, (f"open({self.marker!r}, 'w').close()",))
-
-
-def data_overrides(cyclegan_dir: Path) -> list[str]:
-    return ["style=custom", f"data.dir_a={cyclegan_dir / 'trainA'}", f"data.dir_b={cyclegan_dir / 'trainB'}"]
 
 
 @pytest.fixture
@@ -44,25 +37,6 @@ def evil_copy(ckpt: Path, out: Path, marker: Path) -> Path:
     content["callbacks"]["payload"] = Payload(marker)
     torch.save(content, out)
     return out
-
-
-def train_py(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "OMP_NUM_THREADS": "1",
-        "HYDRA_FULL_ERROR": "0",
-        "PYTHONPATH": str(REPO / "src"),
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "train.py", "debug=tiny", *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_checkpoint_io_reads_weights_only_whatever_the_environment(last_ckpt, tmp_path, monkeypatch):

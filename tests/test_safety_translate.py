@@ -58,19 +58,13 @@ def test_on_a_gpu_the_budget_is_half_its_free_memory(monkeypatch):
     assert tiling.plan_tiles(generator, (1, 3, 4000, 6000), torch.device("cuda")).tiled
 
 
+def translate_argv(export: Path, photo: Path, out: Path) -> list[str]:
+    """stylegan-translate's arguments: the generator file `export` on `photo`, into the folder `out`, quietly."""
+    return ["--checkpoint", str(export), "--input", str(photo), "--output", str(out), "--quiet"]
+
+
 def _run(export: Path, photo: Path, out: Path, *extra: str) -> bytes:
-    args = [
-        "--checkpoint",
-        str(export),
-        "--input",
-        str(photo),
-        "--output",
-        str(out),
-        "--quiet",
-        "--device",
-        "cpu",
-    ]
-    assert translate.main([*args, *extra]) == 0
+    assert translate.main([*translate_argv(export, photo, out), "--device", "cpu", *extra]) == 0
     return (out / f"{photo.stem}.png").read_bytes()
 
 
@@ -114,15 +108,7 @@ def test_automatic_tiling_bounds_the_peak_memory(export, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
 
     def peak_mib(*extra: str) -> float:
-        args = [
-            "--checkpoint",
-            str(export),
-            "--input",
-            str(photo),
-            "--output",
-            str(tmp_path / "o"),
-            "--quiet",
-        ]
+        args = translate_argv(export, photo, tmp_path / "o")
         result = subprocess.run(
             [sys.executable, "-c", PEAK, str(64 << 20), *args, "--overwrite", "--device", "cpu", *extra],
             env=env,

