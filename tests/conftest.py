@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from helpers import CONFIGS, TINY, write_images
-from stylegan_transfer.training.run import register_resolvers
+from stylegan_transfer.training.launch import register_resolvers
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,7 +15,8 @@ import torch
 
 from helpers import REPO
 from stylegan_transfer.training.cyclegan import CycleGANModule
-from stylegan_transfer.training.run import TrainingInterrupted, run_job
+from stylegan_transfer.training.errors import TrainingInterrupted
+from stylegan_transfer.training.run import run_job
 from test_resume import run, step_losses
 from test_safety_resume import data_overrides
 

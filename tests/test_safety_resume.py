@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import REPO
-from stylegan_transfer.training.callbacks import AtomicCheckpointIO
+from stylegan_transfer.training.checkpointing import AtomicCheckpointIO
 from stylegan_transfer.training.resume import ResumeError
 from stylegan_transfer.training.run import train
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stylegan_transfer.training.run import ConfigError, train
+from stylegan_transfer.training.errors import ConfigError
+from stylegan_transfer.training.run import train
 from test_safety_resume import data_overrides, train_py
 
 
