@@ -22,8 +22,8 @@ from stylegan_transfer.images import list_images
 from stylegan_transfer.metrics import scores as metrics
 from stylegan_transfer.metrics.weights import MetricWeightsError, load_fid_inception
 from stylegan_transfer.networks import build_generator
-from stylegan_transfer.training.callbacks import KIDEvaluation
-from stylegan_transfer.training.run import ASSETS
+from stylegan_transfer.training.launch import ASSETS
+from stylegan_transfer.training.quality import KIDEvaluation
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stylegan_transfer.networks import build_generator, init_weights
 from stylegan_transfer.training.cyclegan import CycleGANModule
-from stylegan_transfer.training.run import register_resolvers
+from stylegan_transfer.training.launch import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from stylegan_transfer.images import list_images, load_rgb
-from stylegan_transfer.training.data import Augment, UnpairedDataModule
+from stylegan_transfer.training.data import UnpairedDataModule
+from stylegan_transfer.training.unpaired import Augment
 
 
 def make_dataset(root: Path, *, count: int, size: int, seed: int = 0) -> None:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from helpers import CONFIGS, TINY, write_images
 from helpers.loopback import LoopbackServer, serving
-from stylegan_transfer.training.run import register_resolvers
+from stylegan_transfer.training.launch import register_resolvers
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,17 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stylegan_transfer.discriminators import PatchDiscriminator
 from stylegan_transfer.inference.generator_file import load_generator, save_generator
 from stylegan_transfer.inference.tiling import TileOptions, translate_tiled
-from stylegan_transfer.networks import (
-    BlurPool2d,
-    BlurUpsample2d,
-    PatchDiscriminator,
-    ResnetGenerator,
-    binomial_filter,
-    build_generator,
-    init_weights,
-)
+from stylegan_transfer.layers import BlurPool2d, BlurUpsample2d, binomial_filter
+from stylegan_transfer.networks import ResnetGenerator, build_generator, init_weights
 
 
 def test_binomial_filters_are_the_normalised_outer_products():

@@ -62,7 +62,8 @@ NON_TRAINING = [
     m
     for m in _modules(None) + _modules("inference") + _modules("metrics") + _modules("nst") + _modules("app")
 ]
-GRADIO_MODULES = {"stylegan_transfer.app.ui"}  # the one module that imports Gradio (needs the [app] extra)
+# the modules that import Gradio (they need the [app] extra): the page and its handlers
+GRADIO_MODULES = {"stylegan_transfer.app.ui", "stylegan_transfer.app.handlers"}
 
 
 @pytest.mark.parametrize("module", NON_TRAINING)

@@ -15,14 +15,16 @@ import torch.nn.functional as F
 from helpers import batch_list, fit_batches
 from helpers import tiny_cyclegan as tiny
 from helpers.training import data_overrides, train_into
+from stylegan_transfer.discriminators import PatchDiscriminator
 from stylegan_transfer.inference.checkpoint import read_checkpoint
 from stylegan_transfer.inference.export import export_checkpoint
 from stylegan_transfer.inference.generator_file import load_generator, read_metadata
 from stylegan_transfer.losses import r1_penalty
-from stylegan_transfer.networks import PatchDiscriminator, ResnetGenerator, init_weights
+from stylegan_transfer.networks import ResnetGenerator, init_weights
 from stylegan_transfer.perceptual import VGGFeatures, vgg_features_module
-from stylegan_transfer.training import callbacks as cb
+from stylegan_transfer.training import quality
 from stylegan_transfer.training.adversarial import ema_decay_at, update_ema
+from stylegan_transfer.training.checkpointing import ExportMetadata
 from stylegan_transfer.training.run import export_generators
 
 
@@ -155,9 +157,9 @@ def test_ema_follows_each_generator_step_and_is_what_evaluation_sees():
         torch.testing.assert_close(out["fake_b"], module.g_ab_ema(real_a))
         torch.testing.assert_close(out["rec_b"], module.g_ab_ema(module.g_ba_ema(real_b)))
         assert not torch.allclose(out["fake_b"], module.g_ab(real_a))
-    assert cb.evaluated_generator(module, "g_ab") is module.g_ab_ema
+    assert quality.evaluated_generator(module, "g_ab") is module.g_ab_ema
     plain = tiny()
-    assert cb.evaluated_generator(plain, "g_ab") is plain.g_ab
+    assert quality.evaluated_generator(plain, "g_ab") is plain.g_ab
 
 
 def test_ema_decay_warms_up_to_the_configured_value():
@@ -187,12 +189,12 @@ def test_ema_update_value_after_each_step_counts_updates():
 
 def test_kid_evaluation_scores_the_ema_generator(monkeypatch):
     module = tiny(ema_decay=0.9)
-    evaluation = cb.KIDEvaluation(num_images=4, batch_size=2, kid_subset_size=4, kid_subsets=2)
+    evaluation = quality.KIDEvaluation(num_images=4, batch_size=2, kid_subset_size=4, kid_subsets=2)
     evaluation.inception = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
     evaluation.inputs = evaluation._targets = torch.rand(4, 3, 32, 32) * 2 - 1
     used = []
-    original = cb.metrics.run_generator
-    monkeypatch.setattr(cb.metrics, "run_generator", lambda g, x: used.append(g) or original(g, x))
+    original = quality.metrics.run_generator
+    monkeypatch.setattr(quality.metrics, "run_generator", lambda g, x: used.append(g) or original(g, x))
     scores = evaluation.evaluate(module)
     assert used and all(g is module.g_ab_ema for g in used) and "val/kid" in scores
 
@@ -205,7 +207,7 @@ def test_exports_and_checkpoints_carry_the_ema_weights(tmp_path):
     with torch.no_grad():
         want = module.g_ab_ema(x)
         assert not torch.allclose(want, module.g_ab(x))
-    paths = export_generators(module, tmp_path / "export", cb.ExportMetadata())
+    paths = export_generators(module, tmp_path / "export", ExportMetadata())
     assert [p.name for p in paths] == ["g_ab.safetensors", "g_ba.safetensors"]
     with torch.no_grad():
         torch.testing.assert_close(load_generator(paths[0])(x), want)

@@ -11,12 +11,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from helpers import run_train_py
 from stylegan_transfer import devices
-from stylegan_transfer.networks import DISCRIMINATORS, GENERATORS
+from stylegan_transfer.discriminators import DISCRIMINATORS
+from stylegan_transfer.networks import GENERATORS
 from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.data import UnpairedDataModule
+from stylegan_transfer.training.errors import ConfigError
 from stylegan_transfer.training.fast_style import FastStyleModule
-from stylegan_transfer.training.run import ConfigError, train
+from stylegan_transfer.training.run import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STYLES = sorted(p.stem for p in (CONFIGS / "style").glob("*.yaml"))
@@ -86,7 +88,7 @@ def test_paper_defaults_without_the_demo(compose_cfg):
 
 
 def test_demo_data_ships_with_its_attribution():
-    from stylegan_transfer.training.run import ASSETS
+    from stylegan_transfer.training.launch import ASSETS
 
     demo = ASSETS / "demo"
     attribution = (demo / "ATTRIBUTION.md").read_text()

@@ -26,8 +26,8 @@ from stylegan_transfer.inference.tiling import TileOptions, translate_tiled
 from stylegan_transfer.losses import patch_nce
 from stylegan_transfer.networks import PatchSampleMLP, ResnetGenerator
 from stylegan_transfer.training import run
-from stylegan_transfer.training.callbacks import KIDEvaluation
 from stylegan_transfer.training.cut import CUTModule
+from stylegan_transfer.training.quality import KIDEvaluation
 
 TINY_G = {"arch": "resnet", "channels": 4, "n_blocks": 1, "antialias": True, "upsample": "blur"}
 TINY_D = {"arch": "patch", "channels": 4, "n_layers": 2, "antialias": True}

@@ -19,13 +19,8 @@ from PIL import Image
 from helpers import write_images
 from stylegan_transfer.datasets import DataError
 from stylegan_transfer.images import list_images, load_rgb, probe_image, scan_images, to_image
-from stylegan_transfer.training.data import (
-    Augment,
-    PairedEvalDataset,
-    UnpairedDataModule,
-    UnpairedDataset,
-    UnpairedSampler,
-)
+from stylegan_transfer.training.data import UnpairedDataModule
+from stylegan_transfer.training.unpaired import Augment, PairedEvalDataset, UnpairedDataset, UnpairedSampler
 
 # ---------------------------------------------------------------- generated bad and unusual files
 

@@ -133,7 +133,7 @@ def test_generator_from_checkpoint_without_lightning_matches_module(trained_ckpt
 
 
 def test_export_refuses_to_overwrite_and_reads_metadata_written_at_train_time(cyclegan_dir, tmp_path):
-    from stylegan_transfer.training.callbacks import ExportMetadata
+    from stylegan_transfer.training.checkpointing import ExportMetadata
     from stylegan_transfer.training.data import UnpairedDataModule
 
     module = CycleGANModule(generator=TINY_G, discriminator=TINY_D, pool_size=2)

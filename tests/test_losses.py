@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stylegan_transfer import losses
-from stylegan_transfer.networks import PatchDiscriminator
+from stylegan_transfer.discriminators import PatchDiscriminator
 
 
 def test_lsgan_hand_computed():

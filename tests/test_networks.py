@@ -1,11 +1,9 @@
 import pytest
 import torch
 
+from stylegan_transfer.discriminators import DISCRIMINATORS, PatchDiscriminator, PixelDiscriminator
 from stylegan_transfer.networks import (
-    DISCRIMINATORS,
     GENERATORS,
-    PatchDiscriminator,
-    PixelDiscriminator,
     ResnetGenerator,
     UnetGenerator,
     build_generator,

@@ -58,7 +58,7 @@ def test_crash_mid_epoch_keeps_last_checkpoint_and_resumes_exactly(
 
 
 def test_atomic_checkpoint_write_keeps_previous_file_on_failure(tmp_path, monkeypatch):
-    from stylegan_transfer.training.callbacks import AtomicCheckpointIO
+    from stylegan_transfer.training.checkpointing import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import torch
 
 from helpers import quiet_trainer
-from stylegan_transfer.training import callbacks
+from stylegan_transfer.training import samples
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.data import UnpairedDataModule
 
@@ -44,13 +44,11 @@ def test_sample_grids_are_logged_at_the_batch_count(cyclegan_dir, tmp_path, monk
     dm = UnpairedDataModule(root=str(cyclegan_dir), num_workers=0, load_size=36, crop_size=32, val_size=2)
     trainer = quiet_trainer(default_root_dir=tmp_path, max_steps=6, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
-    assert (
-        trainer.global_step == 6 and callbacks.logged_step(trainer) == 3
-    )  # 3 batches, 2 optimiser steps each
+    assert trainer.global_step == 6 and samples.logged_step(trainer) == 3  # 3 batches, 2 optimiser steps each
 
-    monkeypatch.setattr(callbacks, "WandbLogger", FakeWandb)
+    monkeypatch.setattr(samples, "WandbLogger", FakeWandb)
     logger = FakeWandb()
-    grid = callbacks.SampleGrid(dirpath=str(tmp_path / "samples"))
+    grid = samples.SampleGrid(dirpath=str(tmp_path / "samples"))
     grid._batch = {"a": torch.zeros(1, 3, 32, 32), "b": torch.zeros(1, 3, 32, 32)}
     fake_trainer = SimpleNamespace(
         sanity_checking=False,

@@ -17,7 +17,8 @@ import torch
 from helpers import REPO
 from helpers.training import data_overrides, step_losses, train_logged
 from stylegan_transfer.training.cyclegan import CycleGANModule
-from stylegan_transfer.training.run import TrainingInterrupted, run_job
+from stylegan_transfer.training.errors import TrainingInterrupted
+from stylegan_transfer.training.run import run_job
 
 
 def interrupted_run(compose_cfg, out: Path, overrides: list[str], monkeypatch, step) -> TrainingInterrupted:

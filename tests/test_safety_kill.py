@@ -34,7 +34,8 @@ def _train_child(cfg_yaml: str) -> None:
     """Runs in a process forked from the fork server: train() as train.py runs it, nothing preloaded twice."""
     from omegaconf import OmegaConf
 
-    from stylegan_transfer.training.run import register_resolvers, train
+    from stylegan_transfer.training.launch import register_resolvers
+    from stylegan_transfer.training.run import train
 
     register_resolvers()
     train(OmegaConf.create(cfg_yaml))
@@ -113,7 +114,7 @@ def _train_killed_at_second_link(cfg_yaml: str, link_function: str) -> None:
 @pytest.mark.parametrize(
     "checkpoint_class, link_function, survives",
     [
-        ("stylegan_transfer.training.callbacks.ResumeCheckpoint", "link", True),
+        ("stylegan_transfer.training.checkpointing.ResumeCheckpoint", "link", True),
         # the control: Lightning's own save_last=link removes last.ckpt before re-linking it
         ("lightning.pytorch.callbacks.ModelCheckpoint", "symlink", False),
     ],

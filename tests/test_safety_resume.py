@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers.training import data_overrides, train_py
-from stylegan_transfer.training.callbacks import AtomicCheckpointIO
+from stylegan_transfer.training.checkpointing import AtomicCheckpointIO
 from stylegan_transfer.training.resume import ResumeError
 from stylegan_transfer.training.run import train
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from helpers.training import data_overrides, refusal_lines, train_py
-from stylegan_transfer.training.run import ConfigError, train
+from stylegan_transfer.training.errors import ConfigError
+from stylegan_transfer.training.run import train
 
 
 @pytest.mark.parametrize(

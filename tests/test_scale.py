@@ -31,9 +31,9 @@ from omegaconf import open_dict
 from safetensors.torch import load_file
 
 from helpers import CONFIGS, REPO, TINY
-from stylegan_transfer.training import run as run_module
+from stylegan_transfer.training import launch as launch_module
+from stylegan_transfer.training.launch import launch_stamp, register_resolvers
 from stylegan_transfer.training.optim import batch_lr_factor
-from stylegan_transfer.training.run import launch_stamp, register_resolvers
 from stylegan_transfer.training.sweeps import read_results
 
 LAUNCH_ENV_KEYS = (
@@ -120,7 +120,7 @@ def test_torchrun_ranks_agree_on_the_run_folder_through_the_agent_store(launch_e
     """Each rank resolves hydra.run.dir itself; they must get one time stamp even when their clocks differ."""
     port = free_port()
     server = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
-    launch_env.setattr(run_module, "datetime", FixedClock)
+    launch_env.setattr(launch_module, "datetime", FixedClock)
     pattern = "%Y-%m-%d_%H-%M-%S"
 
     torchrun_env(launch_env, rank=1, node=1, nodes=2, port=port)
@@ -137,7 +137,7 @@ def test_torchrun_ranks_agree_on_the_run_folder_through_the_agent_store(launch_e
 
 
 def test_single_process_and_srun_stamps(launch_env):
-    launch_env.setattr(run_module, "datetime", FixedClock)
+    launch_env.setattr(launch_module, "datetime", FixedClock)
     FixedClock.value = datetime(2030, 1, 2, 3, 4, 5)
     assert launch_stamp("%Y-%m-%d_%H-%M-%S") == "2030-01-02_03-04-05"
     slurm_env(launch_env, rank=1, nodes=2, job="777")

@@ -16,8 +16,8 @@ from helpers import CONFIGS, TINY_D, TINY_G, quiet_trainer, tiny_datamodule, tin
 from stylegan_transfer.inference.generator_file import read_metadata
 from stylegan_transfer.perceptual import PerceptualLoss, VGGFeatures
 from stylegan_transfer.training import run
-from stylegan_transfer.training.callbacks import KIDEvaluation
 from stylegan_transfer.training.cyclegan import CycleGANModule
+from stylegan_transfer.training.quality import KIDEvaluation
 
 
 class ColourFeatures(torch.nn.Module):

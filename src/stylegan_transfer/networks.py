@@ -1,16 +1,14 @@
-"""Generators and discriminators of the CycleGAN family, as plain `nn.Module`s.
+"""Generators of the CycleGAN family as plain `nn.Module`s, their registry, weight initialisation and padding.
 
 Defaults reproduce the CycleGAN paper (Zhu et al. 2017): ResNet-9 generator with 64 base channels,
-instance norm, reflection padding, and a 70x70 PatchGAN discriminator (3 strided layers).
+instance norm, reflection padding (the paper's 70x70 PatchGAN discriminator lives in `discriminators`).
 Nothing here knows about Lightning or configuration files; every network is built from typed
-keyword arguments, and `GENERATORS` / `DISCRIMINATORS` are the explicit registries that exports use
-to rebuild a network from its JSON constructor arguments.
+keyword arguments, and `GENERATORS` is the explicit registry that exports use to rebuild a generator from its
+JSON constructor arguments.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -20,74 +18,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-Norm = Literal["instance", "batch", "none"]
+from stylegan_transfer.layers import BlurPool2d, BlurUpsample2d, Norm, norm_layer, uses_bias
+
 Init = Literal["normal", "xavier", "kaiming", "orthogonal"]
 Upsample = Literal["transpose", "resize", "blur"]
-
-
-def norm_layer(norm: Norm) -> type[nn.Module] | functools.partial:
-    """Return a constructor `f(num_features) -> nn.Module` for the named normalisation."""
-    if norm == "instance":
-        # Paper setting: no learned affine parameters, no running statistics.
-        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
-    if norm == "batch":
-        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
-    if norm == "none":
-        return lambda _num_features: nn.Identity()
-    raise ValueError(f"unknown norm {norm!r}; choose instance, batch or none")
-
-
-def _uses_bias(norm: Norm) -> bool:
-    # Batch norm has its own affine shift, so the preceding conv needs no bias (as in the reference code).
-    return norm != "batch"
-
-
-# ----------------------------------------------------------------------------- anti-aliased resampling
-def binomial_filter(size: int) -> torch.Tensor:
-    """(size, size) low-pass kernel summing to 1: the outer product of a binomial row with itself
-    ([1, 2, 1] for size 3, [1, 3, 3, 1] for size 4)."""
-    row = torch.tensor([math.comb(size - 1, k) for k in range(size)], dtype=torch.float32)
-    kernel = row[:, None] * row[None, :]
-    return kernel / kernel.sum()
-
-
-class BlurPool2d(nn.Module):
-    """Anti-aliased stride-2 downsampling (Zhang 2019, "Making convolutional networks shift-invariant again"):
-    every channel is low-pass filtered with [1, 2, 1]⊗[1, 2, 1] / 16 (reflect padding by 1), then every second
-    row and column is kept. (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)). The filter is fixed, not learned, and
-    is no part of the state dict."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        kernel = binomial_filter(3)
-        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        return F.conv2d(padded, self.kernel.to(x.dtype), stride=2, groups=x.shape[1])
-
-
-class BlurUpsample2d(nn.Module):
-    """Anti-aliased x2 upsampling (the CUT code's upsampler): zeros inserted between the pixels (a stride-2
-    transposed convolution), then the fixed low-pass [1, 3, 3, 1]⊗[1, 3, 3, 1] / 64 scaled by 4 (= stride², so
-    that a constant image stays constant), edges replicated. (B, C, H, W) -> (B, C, 2H, 2W). This filter makes it
-    the same operation as bilinear resizing with align_corners=False; no learned weights, no checkerboard."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        kernel = binomial_filter(4) * 4
-        self.register_buffer("kernel", kernel.expand(channels, 1, 4, 4).clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")  # (B, C, H + 2, W + 2)
-        y = F.conv_transpose2d(padded, self.kernel.to(x.dtype), stride=2, padding=2, groups=x.shape[1])
-        return y[:, :, 1:-1, 1:-1]  # (B, C, 2H, 2W): the padding's own outputs cut off
 
 
 class ResnetBlock(nn.Module):
     def __init__(self, *, channels: int, norm: Norm, dropout: bool) -> None:
         super().__init__()
-        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        make_norm, bias = norm_layer(norm), uses_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, 3, bias=bias),
@@ -141,7 +81,7 @@ class ResnetGenerator(nn.Module):
         antialias: bool = False,
     ) -> None:
         super().__init__()
-        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        make_norm, bias = norm_layer(norm), uses_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_channels, channels, 7, bias=bias),
@@ -252,7 +192,7 @@ class _UnetLevel(nn.Module):
     ) -> None:
         super().__init__()
         self.outermost = outermost
-        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        make_norm, bias = norm_layer(norm), uses_bias(norm)
         in_channels = outer if in_channels is None else in_channels
         down_conv = nn.Conv2d(in_channels, inner, 4, stride=2, padding=1, bias=bias)
         if outermost:
@@ -305,85 +245,6 @@ class UnetGenerator(nn.Module):
         return self.model(x)
 
 
-class PatchDiscriminator(nn.Module):
-    """PatchGAN: classifies overlapping patches; `n_layers=3` gives the paper's 70x70 receptive field.
-
-    antialias: each stride-2 conv becomes a stride-1 conv → (norm →) LeakyReLU → `BlurPool2d` (the CUT code's
-    discriminator). spectral_norm: every conv weight divided by its largest singular value (Miyato et al.
-    2018), estimated by one power iteration per training forward; it needs `norm="none"`. Then D is a chain of
-    convolutions with bounded weights and 1-Lipschitz LeakyReLUs (and blur-pools), so its Lipschitz constant is
-    bounded. A normalisation layer divides activations by their own statistics, which undoes that bound (the
-    output can change without limit as an input's variance goes to 0), so spectral norm with instance or batch
-    norm raises a ValueError rather than silently replacing the norm: the configuration says what is built.
-    """
-
-    def __init__(
-        self,
-        *,
-        in_channels: int = 3,
-        channels: int = 64,
-        n_layers: int = 3,
-        norm: Norm = "instance",
-        antialias: bool = False,
-        spectral_norm: bool = False,
-    ):
-        super().__init__()
-        if spectral_norm and norm != "none":
-            raise ValueError(
-                f"spectral_norm=True needs norm='none', not norm={norm!r}: a normalisation layer cancels the "
-                "Lipschitz bound spectral norm gives the discriminator (set discriminator norm to none)"
-            )
-        make_norm, bias = norm_layer(norm), _uses_bias(norm)
-
-        def conv(in_ch: int, out_ch: int, *, downsample: bool, bias: bool = True) -> nn.Module:
-            stride = 2 if downsample and not antialias else 1
-            layer = nn.Conv2d(in_ch, out_ch, 4, stride=stride, padding=1, bias=bias)
-            return _spectral_norm(layer) if spectral_norm else layer
-
-        def blur(width: int, downsample: bool) -> list[nn.Module]:
-            return [BlurPool2d(width)] if downsample and antialias else []
-
-        layers: list[nn.Module] = [
-            conv(in_channels, channels, downsample=True),
-            nn.LeakyReLU(0.2, True),
-            *blur(channels, True),
-        ]
-        mult = 1
-        for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2**n, 8)
-            downsample = n < n_layers
-            layers += [
-                conv(channels * prev, channels * mult, downsample=downsample, bias=bias),
-                make_norm(channels * mult),
-                nn.LeakyReLU(0.2, True),
-                *blur(channels * mult, downsample),
-            ]
-        layers.append(conv(channels * mult, 1, downsample=False))
-        self.model = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H', W') logits
-        return self.model(x)
-
-
-class PixelDiscriminator(nn.Module):
-    """1x1 PatchGAN: classifies every pixel independently."""
-
-    def __init__(self, *, in_channels: int = 3, channels: int = 64, norm: Norm = "instance"):
-        super().__init__()
-        make_norm, bias = norm_layer(norm), _uses_bias(norm)
-        self.model = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 1),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(channels, channels * 2, 1, bias=bias),
-            make_norm(channels * 2),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(channels * 2, 1, 1, bias=bias),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H, W) logits
-        return self.model(x)
-
-
 class JohnsonGenerator(nn.Module):
     """Feed-forward style network of Johnson et al. 2016 with instance norm (Ulyanov et al. 2016).
 
@@ -402,7 +263,7 @@ class JohnsonGenerator(nn.Module):
         norm: Norm = "instance",
     ) -> None:
         super().__init__()
-        make_norm, bias = norm_layer(norm), _uses_bias(norm)
+        make_norm, bias = norm_layer(norm), uses_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(4),
             nn.Conv2d(in_channels, channels, 9, bias=bias),
@@ -435,22 +296,13 @@ GENERATORS: dict[str, type[nn.Module]] = {
     "unet": UnetGenerator,
     "johnson": JohnsonGenerator,
 }
-DISCRIMINATORS: dict[str, type[nn.Module]] = {"patch": PatchDiscriminator, "pixel": PixelDiscriminator}
-
-
-def _build(registry: dict[str, type[nn.Module]], kind: str, arch: str, kwargs: dict) -> nn.Module:
-    if arch not in registry:
-        raise ValueError(f"unknown {kind} architecture {arch!r}; known: {sorted(registry)}")
-    return registry[arch](**kwargs)
 
 
 def build_generator(arch: str, **kwargs) -> nn.Module:
     """Build a generator from the registry, e.g. `build_generator("resnet", channels=64, n_blocks=9)`."""
-    return _build(GENERATORS, "generator", arch, kwargs)
-
-
-def build_discriminator(arch: str, **kwargs) -> nn.Module:
-    return _build(DISCRIMINATORS, "discriminator", arch, kwargs)
+    if arch not in GENERATORS:
+        raise ValueError(f"unknown generator architecture {arch!r}; known: {sorted(GENERATORS)}")
+    return GENERATORS[arch](**kwargs)
 
 
 @torch.no_grad()

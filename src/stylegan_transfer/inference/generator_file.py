@@ -20,14 +20,8 @@ from torch import nn
 
 from stylegan_transfer import __version__
 from stylegan_transfer.atomic import atomic_path
-from stylegan_transfer.networks import (
-    GENERATORS,
-    PAD_MODE,
-    Norm,
-    Upsample,
-    build_generator,
-    size_multiple,
-)
+from stylegan_transfer.layers import Norm
+from stylegan_transfer.networks import GENERATORS, PAD_MODE, Upsample, build_generator, size_multiple
 
 FORMAT = "stylegan-transfer/generator"
 FORMAT_VERSION = 1

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hydra
 
-from stylegan_transfer.training.run import quiet_known_warnings, register_resolvers, run_job
+from stylegan_transfer.training.launch import quiet_known_warnings, register_resolvers
+from stylegan_transfer.training.run import run_job
 
 PACKAGED_CONFIGS = "pkg://stylegan_transfer.configs"
 

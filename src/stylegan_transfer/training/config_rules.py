@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from stylegan_transfer.discriminators import DISCRIMINATORS
 from stylegan_transfer.inference.generator_file import MAX_PARAMETERS
-from stylegan_transfer.networks import DISCRIMINATORS
 from stylegan_transfer.training import settings
 from stylegan_transfer.training.settings import SettingError
 

@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from stylegan_transfer import losses
-from stylegan_transfer.networks import PatchSampleMLP, build_discriminator, build_generator, init_weights
+from stylegan_transfer.discriminators import build_discriminator
+from stylegan_transfer.networks import PatchSampleMLP, build_generator, init_weights
 from stylegan_transfer.training.adversarial import AdversarialModule, augmenter
 from stylegan_transfer.training.optim import LrScaling, batch_lr_factor
 
-# The CUT code's networks: anti-aliased ResNet generator and PatchGAN (see networks.py).
+# The CUT code's networks: anti-aliased ResNet generator and PatchGAN (see networks.py, discriminators.py).
 CUT_GENERATOR = {"arch": "resnet", "antialias": True, "upsample": "blur"}
 CUT_DISCRIMINATOR = {"arch": "patch", "antialias": True}
 

@@ -1,7 +1,7 @@
 """CycleGAN as a LightningModule: two generators, two discriminators, manual optimisation.
 
 Knows nothing of files or configuration objects: every setting arrives as a typed keyword argument,
-and the networks are built through the registries in `networks.py`. All `lambda_*` weights are applied
+and the networks are built through the registries in `networks.py` and `discriminators.py`. All `lambda_*` weights are applied
 in `training_step` and nowhere else (the discriminator's λ_gp and λ_r1 through `discriminator_loss`, which it
 calls once per discriminator).
 
@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from stylegan_transfer import losses
+from stylegan_transfer.discriminators import build_discriminator
 from stylegan_transfer.image_pool import ImagePool
-from stylegan_transfer.networks import build_discriminator, build_generator, init_weights
+from stylegan_transfer.networks import build_generator, init_weights
 from stylegan_transfer.perceptual import CONTENT_LAYERS, STYLE_LAYERS, PerceptualLoss, RunningGrams
 from stylegan_transfer.training import settings
 from stylegan_transfer.training.adversarial import AdversarialModule, augmenter

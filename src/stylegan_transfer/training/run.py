@@ -7,16 +7,12 @@ place where configuration objects are read; everything below receives typed keyw
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
-import math
 import netrc
 import os
 import sys
-import warnings
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,164 +23,28 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from stylegan_transfer import devices
 from stylegan_transfer.atomic import sweep_stale
-from stylegan_transfer.datasets import DEMO_ROOT, DataError
+from stylegan_transfer.datasets import DataError
+from stylegan_transfer.discriminators import DISCRIMINATORS
 from stylegan_transfer.inference.checkpoint import EMA_SUFFIX, ROLES
 from stylegan_transfer.inference.export import write_generators
 from stylegan_transfer.metrics.weights import MetricWeightsError
-from stylegan_transfer.networks import DISCRIMINATORS, GENERATORS
-from stylegan_transfer.perceptual import VGGWeightsError
-from stylegan_transfer.training.callbacks import (
-    AtomicCheckpointIO,
-    CheckpointOnException,
-    ExportBestGenerators,
-    ExportMetadata,
-    KIDEvaluation,
-    RNGState,
-    evaluated_generator,
-)
+from stylegan_transfer.networks import GENERATORS
+from stylegan_transfer.training.checkpointing import AtomicCheckpointIO, ExportMetadata, RNGState
 from stylegan_transfer.training.config_rules import check_config
-from stylegan_transfer.training.resume import ResumeError, check_resume, find_resume_point
+from stylegan_transfer.training.errors import (
+    USER_ERRORS,
+    ConfigError,
+    TrainingInterrupted,
+    interrupted_message,
+    one_line,
+)
+from stylegan_transfer.training.launch import launch_rank
+from stylegan_transfer.training.quality import ExportBestGenerators, KIDEvaluation, evaluated_generator
+from stylegan_transfer.training.resume import check_resume, find_resume_point
 from stylegan_transfer.training.settings import SettingError
 
 log = logging.getLogger(__name__)
-ASSETS = DEMO_ROOT.parent
-
-
-class ConfigError(ValueError):
-    """A configuration that composes but cannot be built, or a setting that is invalid or would train
-    nothing; the message names the key and the override that fixes it."""
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped by SIGTERM or Ctrl-C; `exit_code` is the conventional 128 + signal number and
-    `status` ("interrupted") is what result.json records."""
-
-    status = "interrupted"
-
-    def __init__(self, message: str, *, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# one clear line, exit code 2
-USER_ERRORS = (DataError, VGGWeightsError, FileNotFoundError, ConfigError, ResumeError)
-
-
-def quiet_known_warnings() -> None:
-    """Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit, and about modules in eval mode
-    at the start of training: the frozen VGG trunk of the perceptual terms, always eval by design
-    (`perceptual.VGGFeatures`). Nothing a user can act on."""
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
-
-def register_resolvers() -> None:
-    """`${st.asset:demo}` → a packaged folder; `${st.sum:a,b}` → a + b; `${st.log2:n}` → floor(log2 n);
-    `${st.cpu_precision:}` → "bf16-mixed" on CPUs with native bf16, else "32-true" (devices.cpu_precision);
-    `${st.dirname:...}` → a safe folder name; `${st.parent:path}` → the folder containing `path`. For
-    multi-process launches (configs/hydra): `${st.launch_stamp:FORMAT}` → the run folder's time stamp, the same
-    in every process of a launch; `${st.rank_zero:X}` → X on rank 0, null elsewhere; `${st.rank_suffix:}` → ""
-    on rank 0, ".rank<N>" elsewhere; `${st.sweep_name:}` → the sweep folder's name in a multirun, null otherwise
-    (the W&B group). Called by the entry points (train.py, `stylegan-train`) and by tests, never at import
-    time; Hydra carries them into the processes of its launchers (submitit)."""
-    OmegaConf.register_new_resolver("st.asset", lambda name: str(ASSETS / name), replace=True)
-    OmegaConf.register_new_resolver(
-        "st.parent", lambda path: str(Path(path).expanduser().parent), replace=True
-    )
-    OmegaConf.register_new_resolver("st.sum", lambda *xs: sum(xs), replace=True)
-    OmegaConf.register_new_resolver("st.log2", lambda n: int(math.log2(int(n))), replace=True)
-    OmegaConf.register_new_resolver("st.cpu_precision", lambda: devices.cpu_precision(), replace=True)
-    OmegaConf.register_new_resolver("st.dirname", safe_dirname, replace=True)
-    OmegaConf.register_new_resolver("st.launch_stamp", launch_stamp, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver(
-        "st.rank_zero", lambda value: value if launch_rank() == 0 else None, replace=True
-    )
-    OmegaConf.register_new_resolver("st.rank_suffix", rank_suffix, replace=True)
-    OmegaConf.register_new_resolver("st.sweep_name", sweep_name, replace=True)
-
-
-def safe_dirname(text: str, limit: int = 120) -> str:
-    """A folder name from `key=value,...` overrides: '/' replaced, long ones cut and made unique by a hash."""
-    text = str(text).replace("/", "_") or "default"
-    if len(text) <= limit:
-        return text
-    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-    return f"{text[: limit - 9]}_{digest}"
-
-
-# ----------------------------------------------------------------------------- one run folder per launch
-RUN_STAMP_KEY = "stylegan_transfer/run_stamp"
-
-
-def launch_rank() -> int:
-    """This process's global rank as its launcher set it, before torch.distributed starts: torchrun's RANK,
-    Lightning's own re-launch's LOCAL_RANK, srun's SLURM_PROCID (Lightning reads the same keys); else 0."""
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 0
-
-
-def rank_suffix() -> str:
-    """ "" on rank 0, ".rank<N>" elsewhere: each process of a multi-process run logs to its own file."""
-    rank = launch_rank()
-    return f".rank{rank}" if rank else ""
-
-
-def _launched_by_srun() -> bool:
-    """Several SLURM tasks of one step (Lightning's SLURMEnvironment rule: an interactive shell is not)."""
-    env = os.environ
-    return (
-        env.get("SLURM_NTASKS", "1").isdigit()
-        and int(env.get("SLURM_NTASKS", "1")) > 1
-        and "SLURM_JOB_ID" in env
-        and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
-    )
-
-
-def launch_stamp(pattern: str = "%Y-%m-%d_%H-%M-%S") -> str:
-    """The run folder's time stamp, identical in every process of one launch, so that all ranks (and all
-    nodes) write into one folder.
-
-    One process: the local time. torchrun (WORLD_SIZE > 1): the first process to ask stores its time in
-    torchrun's own rendezvous store (the TCPStore that torchrun's agent serves at MASTER_ADDR:MASTER_PORT
-    for the process group) and every other rank reads it back; each restart attempt gets its own folder.
-    srun with several tasks: `slurm-<job id>.<step id>`, which all tasks share.
-    """
-    env = os.environ
-    local = datetime.now().strftime(pattern)
-    if "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", "1")) > 1:
-        if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-            raise RuntimeError(
-                "torchrun runs without its agent store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1?), so the ranks "
-                "cannot agree on a run folder: pass hydra.run.dir=<a folder every node can reach>"
-            )
-        from torch.distributed import PrefixStore, TCPStore
-
-        store = TCPStore(
-            env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=300)
-        )
-        attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = PrefixStore(f"{RUN_STAMP_KEY}/attempt_{attempt}", store)
-        return store.compare_set(pattern, "", local).decode()
-    if _launched_by_srun():
-        return f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
-    return local
-
-
-def sweep_name() -> str | None:
-    """The sweep folder's name in a Hydra multirun (every job of one sweep shares it), else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    return Path(str(hydra_cfg.sweep.dir)).name
 
 
 def check_networks(model_cfg: DictConfig) -> None:
@@ -328,32 +188,6 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         raise
 
 
-def _interrupted_message(cause: str, trainer: L.Trainer, callbacks: list) -> str:
-    saved = [
-        Path(cb.dirpath) / "interrupted.ckpt"
-        for cb in callbacks
-        if isinstance(cb, CheckpointOnException) and (Path(cb.dirpath) / "interrupted.ckpt").is_file()
-    ]
-    where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
-    if not saved:
-        return f"training stopped by {cause} at {where}; no state was saved (nothing was trained yet)"
-    return (
-        f"training stopped by {cause} at {where}; state saved to {saved[0]}: resume with ckpt_path={saved[0]} "
-        "(the epoch goes on with the batches it had not trained; only its epoch-mean metrics restart)"
-    )
-
-
-def one_line(err: BaseException) -> str:
-    """The message of a user error; for one re-raised from a DataLoader worker (whose text holds the worker's
-    traceback), the original message alone."""
-    text = str(err).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        prefix = f"{type(err).__module__}.{type(err).__name__}: "
-        text = last.removeprefix(prefix).removeprefix(f"{type(err).__name__}: ")
-    return text
-
-
 def check_trains_something(trainer: L.Trainer) -> None:
     """Refuse limits that would run no training step (and then export untrained generators)."""
     for name in ("max_epochs", "max_steps", "limit_train_batches"):
@@ -453,11 +287,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         except SystemExit as err:  # Lightning's SIGTERMException, or its exit after Ctrl-C
             if isinstance(err, SIGTERMException):
                 raise TrainingInterrupted(
-                    _interrupted_message("SIGTERM", trainer, callbacks), exit_code=143
+                    interrupted_message("SIGTERM", trainer, callbacks), exit_code=143
                 ) from None
             if trainer.interrupted:
                 raise TrainingInterrupted(
-                    _interrupted_message("Ctrl-C", trainer, callbacks), exit_code=130
+                    interrupted_message("Ctrl-C", trainer, callbacks), exit_code=130
                 ) from None
             raise
         if trainer.global_step == 0 and not trainer.interrupted:
@@ -495,11 +329,9 @@ def objective(configured: str | None, selected_by: str | None) -> str | None:
 
 
 __all__ = [
-    "ConfigError",
     "DataError",
+    "build",
     "check_networks",
-    "quiet_known_warnings",
-    "register_resolvers",
     "run_job",
     "train",
 ]
