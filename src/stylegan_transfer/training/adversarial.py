@@ -19,6 +19,7 @@ from torch import nn
 
 from stylegan_transfer import losses
 from stylegan_transfer.augment import diff_augment, parse_policy
+from stylegan_transfer.inference.checkpoint import EMA_SUFFIX
 from stylegan_transfer.training.optim import batch_lr_factor, linear_decay_factor
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -86,7 +87,14 @@ class AdversarialModule(L.LightningModule):
     """Base of CycleGANModule and CUTModule. Subclasses define `networks` (the trained networks, compiled in
     place when asked), set `self.augment` (see `augmenter`) and have these hyper-parameters: lr, beta1, beta2,
     batch_size, lr_scaling, epochs_constant, epochs_decay, gan_mode, lambda_gp, lambda_r1, ema_decay,
-    channels_last, compile, fused_adam."""
+    channels_last, compile, fused_adam.
+
+    For the model contract (`contract.TranslationModel`) it provides `uses_ema` and `evaluated_generator`;
+    subclasses declare `generator_roles` and `fallback_metric`, set `generator_arch` and `generator_kwargs`,
+    keep each role's generator as the submodule of that name and, when `ema_decay` > 0, its moving average as
+    `<role>_ema` (see `ema_copies`), and define `translate_batch`."""
+
+    _compiled = False  # set once `configure_model` has compiled the networks
 
     @property
     def networks(self) -> tuple[nn.Module, ...]:
@@ -95,6 +103,12 @@ class AdversarialModule(L.LightningModule):
     @property
     def uses_ema(self) -> bool:
         return self.hparams.ema_decay > 0
+
+    def evaluated_generator(self, role: str) -> nn.Module:
+        """The generator of `role` as validation, samples, KID and export see it: `<role>_ema` when kept."""
+        if role not in self.generator_roles:
+            raise KeyError(f"{type(self).__name__} has no generator {role!r}; it has {self.generator_roles}")
+        return self.get_submodule(role + EMA_SUFFIX if self.uses_ema else role)
 
     def ema_copies(self, *nets: nn.Module) -> tuple[nn.Module, ...]:
         """Frozen moving averages of `nets` and their update counter (a buffer: saved, resumed and moved with the
@@ -111,7 +125,7 @@ class AdversarialModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Compile once, in place: `nn.Module.compile` keeps parameter names, so checkpoints and exports agree."""
-        if self.hparams.compile and not getattr(self, "_compiled", False):
+        if self.hparams.compile and not self._compiled:
             for net in self.networks:
                 net.compile()
             self._compiled = True

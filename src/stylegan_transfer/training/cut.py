@@ -36,8 +36,10 @@ CUT_DISCRIMINATOR = {"arch": "patch", "antialias": True}
 
 
 class CUTModule(AdversarialModule):
-    # What model selection falls back to when KID cannot be computed (see training/run.py).
-    fallback_metric = "val/nce"
+    """A `contract.TranslationModel`: one generator (g_ab: A→B), one discriminator (d_b), the PatchNCE head."""
+
+    generator_roles = ("g_ab",)
+    fallback_metric = "val/nce"  # model selection's metric when KID cannot be computed (training/run.py)
 
     def __init__(
         self,
@@ -112,10 +114,6 @@ class CUTModule(AdversarialModule):
     @property
     def networks(self) -> tuple[nn.Module, ...]:
         return (self.g_ab, self.d_b)
-
-    def evaluation_generator(self) -> nn.Module:
-        """g_ab as validation, samples and export see it: its EMA when kept."""
-        return self.g_ab_ema if self.uses_ema else self.g_ab
 
     # ----------------------------------------------------------------------------- PatchNCE
     def nce_loss(
@@ -198,7 +196,7 @@ class CUTModule(AdversarialModule):
         """The sample grid's six columns for a one-way model (by the EMA generator when kept): real A | A→B |
         A→B→B (translated again) | real B | B→B (identity: should look like real B) | B→B→B. A generator that
         has learnt domain B leaves B images alone, so columns 3, 5 and 6 show how far it over-translates."""
-        g_ab = self.evaluation_generator()
+        g_ab = self.evaluated_generator("g_ab")
         real_a, real_b = self._memory_format(real_a), self._memory_format(real_b)
         fake_b, idt_b = g_ab(real_a), g_ab(real_b)
         return {
@@ -213,7 +211,7 @@ class CUTModule(AdversarialModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """val/nce: PatchNCE of A→B at positions fixed per batch (no global random numbers drawn);
         val/identity_l1: |g_ab(real_b) - real_b|."""
-        g_ab = self.evaluation_generator()
+        g_ab = self.evaluated_generator("g_ab")
         real_a, real_b = self._memory_format(batch["a"]), self._memory_format(batch["b"])
         fake_b = g_ab(real_a)
         positions = torch.Generator().manual_seed(batch_idx)

@@ -37,6 +37,11 @@ STYLE_TARGETS: tuple[str, ...] = ("batch", "running_mean")
 
 
 class CycleGANModule(AdversarialModule):
+    """A `contract.TranslationModel`: two generators (g_ab: A→B, g_ba: B→A) and two discriminators."""
+
+    generator_roles = ("g_ab", "g_ba")
+    fallback_metric = "val/cycle_l1"  # model selection's metric when KID cannot be computed (training/run.py)
+
     def __init__(
         self,
         *,
@@ -148,12 +153,6 @@ class CycleGANModule(AdversarialModule):
     @property
     def networks(self) -> tuple[nn.Module, ...]:
         return (self.g_ab, self.g_ba, self.d_a, self.d_b)
-
-    def evaluation_generators(self) -> tuple[nn.Module, nn.Module]:
-        """(g_ab, g_ba) as validation, samples and export see them: their EMA when kept."""
-        if self.uses_ema:
-            return self.g_ab_ema, self.g_ba_ema
-        return self.g_ab, self.g_ba
 
     # ----------------------------------------------------------------------------- perceptual terms
     @property
@@ -292,7 +291,7 @@ class CycleGANModule(AdversarialModule):
     def translate_batch(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both directions and both reconstructions for a batch: keys real_a, fake_b, rec_a, real_b, fake_a, rec_b
         (by the EMA generators when kept)."""
-        g_ab, g_ba = self.evaluation_generators()
+        g_ab, g_ba = self.evaluated_generator("g_ab"), self.evaluated_generator("g_ba")
         real_a, real_b = self._memory_format(real_a), self._memory_format(real_b)
         fake_b = g_ab(real_a)
         fake_a = g_ba(real_b)
@@ -306,7 +305,7 @@ class CycleGANModule(AdversarialModule):
         }
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        g_ab, g_ba = self.evaluation_generators()
+        g_ab, g_ba = self.evaluated_generator("g_ab"), self.evaluated_generator("g_ba")
         out = self.translate_batch(batch["a"], batch["b"])
         cycle = 0.5 * (
             losses.cycle_l1(out["rec_a"], out["real_a"]) + losses.cycle_l1(out["rec_b"], out["real_b"])

@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
 from stylegan_transfer import losses
 from stylegan_transfer.images import load_rgb, resize_long_side, to_tensor
@@ -28,6 +29,12 @@ from stylegan_transfer.training.settings import check_training_settings
 
 
 class FastStyleModule(L.LightningModule):
+    """A `contract.TranslationModel`: one generator (g_ab: photo → painting), trained without a moving average."""
+
+    generator_roles = ("g_ab",)
+    fallback_metric = "val/loss"  # model selection's metric when KID cannot be computed (training/run.py)
+    uses_ema = False
+
     def __init__(
         self,
         *,
@@ -135,6 +142,12 @@ class FastStyleModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ----------------------------------------------------------------------------- evaluation
+    def evaluated_generator(self, role: str) -> nn.Module:
+        """g_ab, the only generator (no moving average)."""
+        if role not in self.generator_roles:
+            raise KeyError(f"FastStyleModule has no generator {role!r}; it has {self.generator_roles}")
+        return self.g_ab
+
     @torch.no_grad()
     def translate_batch(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
         """The sample grid's six columns: photo | styled | styled twice | style-folder image | styled | twice."""

@@ -16,19 +16,12 @@ from PIL import Image
 
 from stylegan_transfer.datasets import DataError
 from stylegan_transfer.images import load_rgb, to_tensor
-from stylegan_transfer.inference.checkpoint import EMA_SUFFIX, ROLES
 from stylegan_transfer.inference.export import export_checkpoint
 from stylegan_transfer.metrics import scores as metrics
 from stylegan_transfer.metrics.weights import load_inception_features
+from stylegan_transfer.training.contract import TranslationModel
 
 log = logging.getLogger(__name__)
-
-
-def evaluated_generator(module: L.LightningModule, role: str) -> torch.nn.Module | None:
-    """The network that stands for `role` (g_ab, g_ba) outside training: its moving average `<role>_ema` when
-    the module keeps one, else the trained network itself; None when the module has no such generator."""
-    ema = getattr(module, role + EMA_SUFFIX, None)
-    return ema if ema is not None else getattr(module, role, None)
 
 
 class KIDEvaluation(L.Callback):
@@ -122,12 +115,13 @@ class KIDEvaluation(L.Callback):
 
     @torch.no_grad()
     def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
+        """Scores of the module's (a `TranslationModel`) evaluated g_ab on the fixed inputs."""
         assert self.inputs is not None and self.inception is not None
         device = pl_module.device
         self.inception.to(device)
         if self.target_features is None:
             self.target_features = self._features(self._targets, device)
-        generator = evaluated_generator(pl_module, "g_ab")  # the EMA when kept
+        generator = pl_module.evaluated_generator("g_ab")  # the EMA when kept
         was_training = generator.training
         generator.eval()
         fakes = torch.cat(
@@ -165,7 +159,8 @@ class KIDEvaluation(L.Callback):
 
 
 class ExportBestGenerators(L.Callback):
-    """At the end of fitting, exports g_ab and g_ba of the best checkpoint by `monitor` (rank 0).
+    """At the end of fitting, exports the generators (the model's `generator_roles`) of the best checkpoint by
+    `monitor` (rank 0).
 
     Needs a `ModelCheckpoint` with the same `monitor` among the callbacks; writes
     `<dirpath>/g_ab.safetensors` and `g_ba.safetensors` with the score and epoch in the metadata.
@@ -174,7 +169,7 @@ class ExportBestGenerators(L.Callback):
     def __init__(self, *, dirpath: str, monitor: str = "val/kid") -> None:
         self.dirpath, self.monitor = Path(dirpath), monitor
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: TranslationModel) -> None:
         if not trainer.is_global_zero:
             return
         found = [
@@ -185,11 +180,10 @@ class ExportBestGenerators(L.Callback):
             log.warning("no checkpoint monitored %s was saved; nothing to export as best", self.monitor)
             return
         score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
-        roles = tuple(role for role in ROLES if getattr(pl_module, role, None) is not None)
         paths = export_checkpoint(
             best.best_model_path,
             self.dirpath,
-            roles=roles,
+            roles=pl_module.generator_roles,
             overwrite=True,
             extra={"selected_by": self.monitor, "score": score, "checkpoint": str(best.best_model_path)},
             log=lambda message: None,

@@ -26,12 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from stylegan_transfer.atomic import sweep_stale
 from stylegan_transfer.datasets import DataError
 from stylegan_transfer.discriminators import DISCRIMINATORS
-from stylegan_transfer.inference.checkpoint import EMA_SUFFIX, ROLES
 from stylegan_transfer.inference.export import write_generators
 from stylegan_transfer.metrics.weights import MetricWeightsError
 from stylegan_transfer.networks import GENERATORS
 from stylegan_transfer.training.checkpointing import AtomicCheckpointIO, ExportMetadata, RNGState
 from stylegan_transfer.training.config_rules import check_config
+from stylegan_transfer.training.contract import ModelContractError, check_model
 from stylegan_transfer.training.errors import (
     USER_ERRORS,
     ConfigError,
@@ -40,7 +40,7 @@ from stylegan_transfer.training.errors import (
     one_line,
 )
 from stylegan_transfer.training.launch import launch_rank
-from stylegan_transfer.training.quality import ExportBestGenerators, KIDEvaluation, evaluated_generator
+from stylegan_transfer.training.quality import ExportBestGenerators, KIDEvaluation
 from stylegan_transfer.training.resume import check_resume, find_resume_point
 from stylegan_transfer.training.settings import SettingError
 
@@ -90,8 +90,9 @@ def _prepare_wandb(logger_cfg: DictConfig | None) -> bool:
 
 QUALITY_METRIC = "val/kid"
 FALLBACK_METRIC = "val/cycle_l1"
-# Per module: a module's `fallback_metric` attribute names its own (CUT has no cycle: "val/nce").
-FALLBACK_METRICS = (FALLBACK_METRIC, "val/nce")
+# Each model names its own (`TranslationModel.fallback_metric`: CUT has no cycle, "val/nce"); run_job looks for
+# these in a finished run's metrics.
+FALLBACK_METRICS = (FALLBACK_METRIC, "val/nce", "val/loss")
 
 
 def select_by_quality(callbacks: list[L.Callback], fallback: str = FALLBACK_METRIC) -> str | None:
@@ -140,18 +141,16 @@ def export_metadata(cfg: DictConfig) -> ExportMetadata:
 
 
 def export_generators(module: L.LightningModule, out_dir: Path, metadata: ExportMetadata) -> list[Path]:
-    """Write g_ab and g_ba (those the module has: fast style and CUT have only g_ab) as generator-only
-    safetensors; a generator's moving average (`g_ab_ema`) when the module keeps one."""
-    found = {role: evaluated_generator(module, role) for role in ROLES}
-    generators = {role: net for role, net in found.items() if net is not None}
-    ema = all(getattr(module, role + EMA_SUFFIX, None) is not None for role in generators)
+    """Write the module's (a `TranslationModel`) generators (`generator_roles`: g_ab and g_ba, or g_ab alone for fast style and CUT)
+    as generator-only safetensors, each its `evaluated_generator` (the moving average when kept)."""
+    generators = {role: module.evaluated_generator(role) for role in module.generator_roles}
     return write_generators(
         generators,
         out_dir,
         arch=module.generator_arch,
         kwargs=module.generator_kwargs,
         metadata=metadata.metadata,
-        extra={"epoch": int(module.current_epoch), "ema": ema},
+        extra={"epoch": int(module.current_epoch), "ema": module.uses_ema},
         log=log.info,
     )
 
@@ -255,14 +254,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:  # a broken last.ckpt falls back to the newest intact checkpoint beside it
         ckpt_path = str(find_resume_point(ckpt_path))
-    module = build(cfg, "model")
+    try:
+        module = check_model(build(cfg, "model"))  # all the rest relies on the model contract alone
+    except ModelContractError as err:
+        raise ConfigError(f"model._target_={cfg.model.get('_target_')}: {err}") from None
     if ckpt_path:
         check_resume(ckpt_path, module)  # weights-only read; one line if it is not a fitting checkpoint
 
     metadata = export_metadata(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [RNGState(), metadata]  # exact resume and self-describing checkpoints, whatever the config
-    selected_by = select_by_quality(callbacks, getattr(module, "fallback_metric", FALLBACK_METRIC))
+    selected_by = select_by_quality(callbacks, module.fallback_metric)
     # temporary files of runs killed while saving (checkpoints, samples, exports, result.json)
     folders = {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)}
     for folder in folders | {output_dir, output_dir / "export"}:

@@ -10,8 +10,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torchvision.utils import make_grid
 
 from stylegan_transfer.images import save_image, to_image
-
-GRID_COLUMNS = ("real_a", "fake_b", "rec_a", "real_b", "fake_a", "rec_b")
+from stylegan_transfer.training.contract import GRID_COLUMNS, TranslationModel
 
 
 def sample_grid(images: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -28,7 +27,8 @@ def logged_step(trainer: L.Trainer) -> int:
 
 
 class SampleGrid(L.Callback):
-    """Translates the fixed validation batch after each validation and saves/logs the grid (rank 0)."""
+    """Translates the fixed validation batch after each validation (the model's `translate_batch`) and saves/logs
+    the grid (rank 0)."""
 
     def __init__(self, *, dirpath: str, every_n_epochs: int = 1) -> None:
         self.dirpath = Path(dirpath)
@@ -41,7 +41,7 @@ class SampleGrid(L.Callback):
         if batch_idx == 0:
             self._batch = {"a": batch["a"].detach(), "b": batch["b"].detach()}
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: TranslationModel) -> None:
         if self._batch is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         if trainer.current_epoch % self.every_n_epochs:
