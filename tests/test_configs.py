@@ -2,6 +2,7 @@
 agree with the Python signatures they feed; the demo, speed and generator choices compose as documented."""
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,42 @@ def test_yaml_values_equal_the_signature_defaults(name):
                 continue  # an interpolation: its value comes from elsewhere in the config
             default = _normalise(params[key].default)
             assert value == default, f"{where} = {value!r}, but {target.__qualname__} defaults to {default!r}"
+
+
+def _group(header: str) -> str:
+    """A group comment's name: `# losses and their weights (and ...)` and `# performance: ...` name their first words."""
+    return re.split(r"[(:]", header.lstrip("# "))[0].strip()
+
+
+def _signature_groups(cls) -> dict[str, str]:
+    """{parameter: the `# group` comment above it in the constructor's signature}."""
+    source = inspect.getsource(cls.__init__)
+    groups, group = {}, ""
+    for line in source[: source.index(") -> None")].splitlines():
+        if re.match(r"^\s+# ", line):
+            group = _group(line.strip())
+        elif match := re.match(r"^\s+(\w+):", line):
+            groups[match.group(1)] = group
+    return groups
+
+
+@pytest.mark.parametrize("name", ["model/cyclegan.yaml", "model/cut.yaml"])
+def test_model_files_list_the_settings_in_the_signatures_order_and_groups(name):
+    """The flat settings (each overridable as `model.<name>=...`) are grouped alike in the YAML file and in the
+    module's signature: the same order, each under a comment naming the same group."""
+    text = (CONFIGS / name).read_text()
+    target = get_object(OmegaConf.create(text)["_target_"])
+    signature = _signature_groups(target)
+    assert "" not in signature.values(), f"{target.__qualname__}: a parameter above the first group comment"
+    header, keys = "", []
+    for line in text[text.index("_convert_") :].splitlines()[1:]:
+        if line.startswith("# "):
+            header = _group(line)
+        elif match := re.match(r"^(\w+):", line):
+            keys.append(match.group(1))
+            assert signature[match.group(1)] == header, f"{name}: {match.group(1)} is under '{header}'"
+    assert keys == [k for k in signature if k in keys], f"{name}: not in the order of {target.__qualname__}"
+    assert len({signature[k] for k in keys}) >= 5  # networks, losses, ..., performance, options
 
 
 def test_the_allow_list_names_real_differences():

@@ -44,40 +44,62 @@ class CUTModule(AdversarialModule):
     def __init__(
         self,
         *,
+        # networks
         generator: dict[str, Any] | None = None,
         discriminator: dict[str, Any] | None = None,
         init_type: str = "xavier",
         init_gain: float = 0.02,
+        # losses and their weights
         gan_mode: losses.GanMode = "lsgan",
         lambda_gan: float = 1.0,
         lambda_nce: float = 1.0,
+        lambda_gp: float = 10.0,
+        # PatchNCE
         nce_idt: bool = True,
         flip_equivariance: bool = False,
         nce_layers: Sequence[int] | None = None,
         num_patches: int = 256,
         nce_t: float = 0.07,
         mlp_channels: int = 256,
-        lambda_gp: float = 10.0,
-        lambda_r1: float = 0.0,
-        diffaugment: str = "",
-        ema_decay: float = 0.0,
+        # optimiser and schedule
         lr: float = 2e-4,
         beta1: float = 0.5,
         beta2: float = 0.999,
         epochs_constant: int = 200,
         epochs_decay: int = 200,
+        # performance
         batch_size: int = 1,
         lr_scaling: LrScaling = "none",
         channels_last: bool = False,
         compile: bool = False,
         fused_adam: bool | None = None,
-        pool_size: int = 0,  # unused (CUT keeps no image history); accepted so shared overrides compose
+        # options beyond the paper (off = the paper)
+        diffaugment: str = "",
+        ema_decay: float = 0.0,
+        lambda_r1: float = 0.0,
+        # accepted so that overrides shared with CycleGAN compose
+        pool_size: int = 0,  # unused: CUT keeps no image history
     ) -> None:
-        """Defaults are CUT's (the paper's code); configs/model/fastcut.yaml sets FastCUT's.
+        """Every setting, flat (configs/model/cut.yaml lists them in this order); defaults are CUT's (the
+        paper's code), configs/model/fastcut.yaml sets FastCUT's. Grouped as below.
 
-        nce_layers: indices into the ResNet generator's layers whose outputs PatchNCE compares; None = the
-            generator's `encoder_layers()` (the CUT choice: input, both downsamplings, first and middle block).
-        num_patches / nce_t / mlp_channels: positions sampled per layer, InfoNCE temperature, head width.
+        Networks:
+            generator / discriminator: as in CycleGANModule; None = the CUT code's anti-aliased ResNet generator
+                and PatchGAN (`CUT_GENERATOR`, `CUT_DISCRIMINATOR`). The generator needs an encoder (resnet).
+            init_type / init_gain: weight initialisation of the generator, discriminator and MLP head.
+
+        Losses and their weights:
+            gan_mode: as in CycleGANModule. lambda_gan / lambda_nce: weights of the generator's adversarial and
+                PatchNCE terms. lambda_gp: WGAN-GP penalty weight (gan_mode="wgangp" only).
+
+        PatchNCE:
+            nce_idt: identity NCE (g_ab(real_b) against real_b), averaged with the A→B term.
+            flip_equivariance: FastCUT's mirrored inputs on half the steps.
+            nce_layers: indices into the ResNet generator's layers whose outputs PatchNCE compares; None = the
+                generator's `encoder_layers()` (the CUT choice: input, both downsamplings, first and middle block).
+            num_patches / nce_t / mlp_channels: positions sampled per layer, InfoNCE temperature, head width.
+
+        Optimiser and schedule, performance, options beyond the paper: as in CycleGANModule.
         """
         super().__init__()
         generator = dict(generator or CUT_GENERATOR)
@@ -90,7 +112,9 @@ class CUTModule(AdversarialModule):
             raise ValueError("num_patches must be ≥ 2 (the other patches are the negatives) and nce_t > 0")
         batch_lr_factor(batch_size, lr_scaling)  # validates both early
         nce_layers = None if nce_layers is None else [int(i) for i in nce_layers]
-        self.save_hyperparameters()  # plain values only
+        # Lightning records each keyword argument under its name, flat, with the value it has here (the networks
+        # and nce_layers normalised above): the checkpoint's `hyper_parameters` and `self.hparams`.
+        self.save_hyperparameters()
         self.automatic_optimization = False
         self.augment = augmenter(diffaugment)
         gen_kwargs, disc_kwargs = dict(generator), dict(discriminator)

@@ -45,72 +45,110 @@ class CycleGANModule(AdversarialModule):
     def __init__(
         self,
         *,
+        # networks
         generator: dict[str, Any] | None = None,
         discriminator: dict[str, Any] | None = None,
         init_type: str = "normal",
         init_gain: float = 0.02,
+        # losses and their weights (and the discriminators' image pools)
         gan_mode: losses.GanMode = "lsgan",
         lambda_cycle: float = 10.0,
         lambda_identity: float = 0.5,
         lambda_gp: float = 10.0,
+        lambda_tv: float = 0.0,
+        pool_size: int = 50,
+        seed: int = 0,
+        # perceptual (VGG) terms
         lambda_content: float = 0.5,
         lambda_style: float = 1.0,
-        lambda_tv: float = 0.0,
         content_layers: Sequence[str] = CONTENT_LAYERS,
         style_layers: Sequence[str] = STYLE_LAYERS,
         vgg_weights: str | None = None,
+        style_target: StyleTarget = "batch",
+        style_target_decay: float = 0.999,
+        lambda_cycle_perceptual: float = 0.0,
+        lambda_identity_perceptual: float = 0.0,
+        # optimiser and schedule
         lr: float = 2e-4,
         beta1: float = 0.5,
         beta2: float = 0.999,
         epochs_constant: int = 100,
         epochs_decay: int = 100,
-        pool_size: int = 50,
-        seed: int = 0,
+        # performance
         batch_size: int = 1,
         lr_scaling: LrScaling = "none",
         channels_last: bool = False,
         compile: bool = False,
         fused_adam: bool | None = None,
+        # options beyond the paper (off = the paper)
         diffaugment: str = "",
         ema_decay: float = 0.0,
         lambda_r1: float = 0.0,
-        lambda_cycle_perceptual: float = 0.0,
-        lambda_identity_perceptual: float = 0.0,
-        style_target: StyleTarget = "batch",
-        style_target_decay: float = 0.999,
     ) -> None:
-        """Performance options (the GPU presets in configs/perf/ turn them on):
+        """Every setting, flat (configs/model/cyclegan.yaml lists them in this order, `model.<name>=...` overrides
+        one), grouped as below. The paper's values but for the two VGG terms (`lambda_content`, `lambda_style`).
 
-        batch_size: images per device per step; with `lr_scaling` it sets the LR (see `batch_lr_factor`).
-        channels_last: NHWC weights and inputs (faster convolutions with tensor cores / oneDNN).
-        compile: `torch.compile` each network in place (state_dict keys and exports are unchanged).
-        fused_adam: one fused Adam kernel; None = fused when the parameters are on a GPU.
+        Networks:
+            generator / discriminator: {"arch": <name in networks.GENERATORS / discriminators.DISCRIMINATORS>,
+                **its constructor arguments}; None = the paper's ResNet generator / 70x70 PatchGAN. Anti-aliasing
+                and spectral norm are constructor arguments of these networks.
+            init_type / init_gain: weight initialisation of all four networks (`networks.init_weights`).
 
-        Quality options (off = the paper):
+        Losses and their weights (and the discriminators' image pools):
+            gan_mode: "lsgan" | "vanilla" | "hinge" | "wgangp" (`losses.GAN_MODES`).
+            lambda_cycle: weight of the cycle L1 of both directions.
+            lambda_identity: identity L1 weight relative to lambda_cycle (the loss gets λ_cycle·λ_identity).
+            lambda_gp: WGAN-GP penalty weight (gan_mode="wgangp" only).
+            lambda_tv: total variation of both fakes; 0 = off.
+            pool_size / seed: the history of generated images each discriminator sees half of the time
+                (`ImagePool`, 0 = none), and the seed of its draws.
 
-        diffaugment: DiffAugment policy for every discriminator input, real and fake, e.g.
-            "color,translation,cutout" (see `augment.py`); "" = none.
-        ema_decay: keep g_ab_ema / g_ba_ema, p_ema ← d·p_ema + (1 - d)·p after each generator step (d warmed up:
-            `adversarial.ema_decay_at`), and use
-            them for validation, sample grids, KID and export; 0 = off (e.g. 0.999).
-        lambda_r1: weight γ of the R1 penalty γ/2·E mean_p ||∇_x D_p(x)||² on real images, per patch logit D_p
-            (`losses.r1_penalty`), so γ means what it does for a one-logit D at any size (0.1-10 in the literature).
-        lambda_cycle_perceptual / lambda_identity_perceptual: weights of the normalised VGG content distance
-            (`PerceptualLoss.content` at `content_layers`) of rec vs real / identity vs real, beside the L1.
-        style_target: the Gram matrices each fake's style term (`lambda_style`) aims at: "batch" = those of the
-            current batch of real images of its target domain (at batch 1, one random image); "running_mean" =
-            per domain and style layer, a running mean of the reals' Gram matrices (`perceptual.RunningGrams`:
-            the exact mean of all seen for the first 1/(1 - `style_target_decay`) steps, then an exponential mean
-            with that decay), kept in buffers, hence in checkpoints.
+        Perceptual (VGG) terms (normalised: `perceptual.PerceptualLoss`; VGG19 loaded in `setup` when one is on):
+            lambda_content / lambda_style: content of each fake against its own input; Gram style of each fake
+                against its target domain's reals; 0 = off (the paper).
+            content_layers / style_layers / vgg_weights: the VGG19 layers of each term, and the weights file
+                (None = the packaged or cached weights, `perceptual.load_vgg_features`).
+            style_target: the Gram matrices each fake's style term aims at: "batch" = those of the current batch of
+                real images of its target domain (at batch 1, one random image); "running_mean" = per domain and
+                style layer, a running mean of the reals' Gram matrices (`perceptual.RunningGrams`: the exact mean
+                of all seen for the first 1/(1 - `style_target_decay`) steps, then an exponential mean with that
+                decay), kept in buffers, hence in checkpoints.
+            lambda_cycle_perceptual / lambda_identity_perceptual: weights of the normalised VGG content distance
+                (`PerceptualLoss.content` at `content_layers`) of rec vs real / identity vs real, beside the L1;
+                0 = off.
+
+        Optimiser and schedule:
+            lr / beta1 / beta2: Adam for the generators and for the discriminators (lr scaled by `lr_scaling`).
+            epochs_constant / epochs_decay: constant LR, then linear decay to 0 (stepped per epoch).
+
+        Performance (the GPU presets in configs/perf/ turn them on):
+            batch_size: images per device per step; with `lr_scaling` it sets the LR (see `batch_lr_factor`).
+            channels_last: NHWC weights and inputs (faster convolutions with tensor cores / oneDNN).
+            compile: `torch.compile` each network in place (state_dict keys and exports are unchanged).
+            fused_adam: one fused Adam kernel; None = fused when the parameters are on a GPU.
+
+        Options beyond the paper (off = the paper):
+            diffaugment: DiffAugment policy for every discriminator input, real and fake, e.g.
+                "color,translation,cutout" (see `augment.py`); "" = none.
+            ema_decay: keep g_ab_ema / g_ba_ema, p_ema ← d·p_ema + (1 - d)·p after each generator step (d warmed
+                up: `adversarial.ema_decay_at`), and use them for validation, sample grids, KID and export;
+                0 = off (e.g. 0.999).
+            lambda_r1: weight γ of the R1 penalty γ/2·E mean_p ||∇_x D_p(x)||² on real images, per patch logit
+                D_p (`losses.r1_penalty`), so γ means what it does for a one-logit D at any size (0.1-10 in the
+                literature).
         """
         super().__init__()
-        generator = dict(generator or {"arch": "resnet"})
+        generator = dict(generator or {"arch": "resnet"})  # recorded normalised: checkpoints rebuild from it
         discriminator = dict(discriminator or {"arch": "patch"})
+        # Lightning records each keyword argument under its name, flat, with the value it has here: the
+        # checkpoint's `hyper_parameters`, and `self.hparams`, from which everything below reads its settings.
+        self.save_hyperparameters()
+        hp = self.hparams
         check_training_settings(
             generator=generator,
             lr=lr,
             betas=(beta1, beta2),
-            lambdas={k: v for k, v in locals().items() if k.startswith("lambda_")},  # every loss weight
+            lambdas={name: value for name, value in hp.items() if name.startswith("lambda_")},  # every weight
             epochs=(epochs_constant, epochs_decay),
             init_gain=init_gain,
         )
@@ -125,7 +163,6 @@ class CycleGANModule(AdversarialModule):
             raise ValueError(f"style_target_decay must be in [0, 1), not {style_target_decay}")
         batch_lr_factor(batch_size, lr_scaling)  # validates both early
         self.augment = augmenter(diffaugment)  # validates the policy early
-        self.save_hyperparameters()  # plain values only (reads the normalised locals above)
         self.automatic_optimization = False
         gen_kwargs, disc_kwargs = dict(generator), dict(discriminator)
         gen_arch, disc_arch = gen_kwargs.pop("arch"), disc_kwargs.pop("arch")
