@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -57,7 +57,22 @@ def _inputs(sizes: Sequence[tuple[int, int, int]], multiple: int) -> list[torch.
     ]
 
 
-def _check(diff: float, atol: float, what: str) -> float:
+def _parity(
+    exported: Callable[[torch.Tensor], torch.Tensor],
+    model: nn.Module,
+    check_sizes: Sequence[tuple[int, int, int]],
+    multiple: int,
+    atol: float,
+    what: str,
+) -> float:
+    """The max |exported(x) - model(x)| over test inputs of `check_sizes`; ParityError when a shape differs or
+    the difference exceeds `atol` (NaN included)."""
+    diff = 0.0
+    for x in _inputs(check_sizes, multiple):
+        out = exported(x)
+        if tuple(out.shape) != tuple(x.shape):
+            raise ParityError(f"{what} output shape {tuple(out.shape)} != input {tuple(x.shape)}")
+        diff = max(diff, float((out - model(x)).abs().max()))
     if not diff <= atol:  # also catches NaN
         raise ParityError(f"{what} output differs from eager PyTorch by {diff:.3e} > atol {atol:.1e}")
     return diff
@@ -80,13 +95,7 @@ def export_pt2(
     with atomic_path(path) as tmp:  # kept only when the parity check passes
         torch.export.save(program, str(tmp))
         loaded = torch.export.load(str(tmp)).module()
-        diff = 0.0
-        for x in _inputs(check_sizes, multiple):
-            out = loaded(x)
-            if out.shape != x.shape:
-                raise ParityError(f"torch.export output shape {tuple(out.shape)} != input {tuple(x.shape)}")
-            diff = max(diff, (out - model(x)).abs().max().item())
-        return _check(diff, atol, "torch.export")
+        return _parity(loaded, model, check_sizes, multiple, atol, "torch.export")
 
 
 def _onnxruntime():
@@ -132,10 +141,8 @@ def export_onnx(
             )
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        diff = 0.0
-        for x in _inputs(check_sizes, multiple):
-            out = session.run(None, {name: x.numpy()})[0]
-            if tuple(out.shape) != tuple(x.shape):
-                raise ParityError(f"ONNX output shape {tuple(out.shape)} != input {tuple(x.shape)}")
-            diff = max(diff, float(abs(torch.from_numpy(out) - model(x)).max()))
-        return _check(diff, atol, "ONNX")
+
+        def run_onnx(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+        return _parity(run_onnx, model, check_sizes, multiple, atol, "ONNX")
