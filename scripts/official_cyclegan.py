@@ -6,10 +6,11 @@
 
 Used by `scripts/quality_benchmark.py` for its `official` row; the checkout (taesungp/contrastive-unpaired-translation,
 fetched by the user) is never copied into this project. Its code needs `dominate` (`pip install dominate`) and, on a
-CPU, two workarounds applied here at run time, not by editing its files (as docs/quality.md records):
+CPU, three workarounds applied here at run time, not by editing its files (as docs/quality.md records):
 `CycleGANModel.data_dependent_initialize` takes no argument although its `train.py` passes one (replaced by a
-no-op: CycleGAN has nothing to initialise from data), and `optimize_parameters` reads `opt.amp`, which no option
-defines (set to False). `SEED` seeds torch, numpy and random before its `train.py` runs (it has no seed option).
+no-op: CycleGAN has nothing to initialise from data), `optimize_parameters` reads `opt.amp`, which no option
+defines (set to False), and `--continue_train` cannot read back what it saved on a CPU (its files hold the
+DataParallel wrapper's "module." keys, its loader expects the network's own: stripped while loading). `SEED` seeds torch, numpy and random before its `train.py` runs (it has no seed option).
 
 `time` builds its CycleGAN model as its `train.py` does and times `optimize_parameters` on random SIZE x SIZE pairs
 (batch 1) after WARMUP untimed steps; prints one JSON line (used by `scripts/benchmark.py --official-code`).
@@ -29,10 +30,28 @@ from pathlib import Path
 
 def _prepare(checkout: Path) -> None:
     sys.path.insert(0, str(checkout))
-    from models import cycle_gan_model
+    import torch
+    from models import base_model, cycle_gan_model
     from options import base_options
 
     cycle_gan_model.CycleGANModel.data_dependent_initialize = lambda self, *args, **kwargs: None
+    load_networks = base_model.BaseModel.load_networks
+
+    def load_networks_unwrapped(self, epoch):
+        # On a CPU its save_networks writes the DataParallel wrapper's keys ("module.model.1.weight") and its
+        # load_networks loads them into the unwrapped network: strip the prefix while it loads.
+        load = torch.load
+
+        def load_stripped(*args, **kwargs):
+            return {key.removeprefix("module."): value for key, value in load(*args, **kwargs).items()}
+
+        torch.load = load_stripped
+        try:
+            load_networks(self, epoch)
+        finally:
+            torch.load = load
+
+    base_model.BaseModel.load_networks = load_networks_unwrapped
     parse = base_options.BaseOptions.parse
 
     def parse_without_amp(self):
