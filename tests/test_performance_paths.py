@@ -3,6 +3,7 @@ each keeps the reference losses within tolerance over a short CPU run, and the p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -204,9 +205,16 @@ def _fake_official_checkout(root: Path) -> Path:
         "options/train_options.py": "from .base_options import BaseOptions\nclass TrainOptions(BaseOptions):\n    pass\n",
         "models/__init__.py": "from .cycle_gan_model import CycleGANModel\ndef create_model(opt):\n"
         "    return CycleGANModel(opt)\n",
+        "models/base_model.py": (
+            "import torch\n"
+            "class BaseModel:\n"
+            "    def load_networks(self, epoch):  # as the real one: torch.load, then into the unwrapped network\n"
+            "        self.loaded = torch.load(self.load_path, weights_only=True)\n"
+        ),
         "models/cycle_gan_model.py": (
             "import time\n"
-            "class CycleGANModel:\n"
+            "from .base_model import BaseModel\n"
+            "class CycleGANModel(BaseModel):\n"
             "    def __init__(self, opt):\n"
             "        assert opt.model == 'cycle_gan' and opt.netG == 'resnet_6blocks', opt\n"
             "    def data_dependent_initialize(self, data):\n"
@@ -223,6 +231,33 @@ def _fake_official_checkout(root: Path) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     return root
+
+
+def test_official_wrapper_lets_the_official_code_resume_what_it_saved_on_a_cpu(tmp_path, monkeypatch):
+    """Its CPU checkpoints hold the DataParallel wrapper's "module." keys; its loader wants the network's own."""
+    spec = importlib.util.spec_from_file_location(
+        "official_cyclegan", REPO / "scripts" / "official_cyclegan.py"
+    )
+    wrapper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wrapper)
+    checkout = _fake_official_checkout(tmp_path / "cut")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("models", "options")]:
+        monkeypatch.delitem(sys.modules, name)
+    wrapper._prepare(checkout)
+    from models import base_model
+
+    saved = tmp_path / "19_net_G_A.pth"
+    torch.save({"module.model.1.weight": torch.ones(2), "module.model.1.bias": torch.zeros(2)}, saved)
+    model = base_model.BaseModel()
+    model.load_path = saved
+    real_load = torch.load
+    model.load_networks(19)
+    assert sorted(model.loaded) == ["model.1.bias", "model.1.weight"]
+    assert torch.equal(model.loaded["model.1.weight"], torch.ones(2))
+    assert torch.load is real_load  # put back after loading
+    for name in [m for m in sys.modules if m.split(".")[0] in ("models", "options")]:
+        del sys.modules[name]
 
 
 @pytest.mark.slow
