@@ -10,7 +10,8 @@ CPU, three workarounds applied here at run time, not by editing its files (as do
 `CycleGANModel.data_dependent_initialize` takes no argument although its `train.py` passes one (replaced by a
 no-op: CycleGAN has nothing to initialise from data), `optimize_parameters` reads `opt.amp`, which no option
 defines (set to False), and `--continue_train` cannot read back what it saved on a CPU (its files hold the
-DataParallel wrapper's "module." keys, its loader expects the network's own: stripped while loading). `SEED` seeds torch, numpy and random before its `train.py` runs (it has no seed option).
+DataParallel wrapper's "module." keys, its loader expects the network's own: stripped while loading). `SEED`
+seeds torch, numpy and random before its `train.py` runs (it has no seed option).
 
 `time` builds its CycleGAN model as its `train.py` does and times `optimize_parameters` on random SIZE x SIZE pairs
 (batch 1) after WARMUP untimed steps; prints one JSON line (used by `scripts/benchmark.py --official-code`).

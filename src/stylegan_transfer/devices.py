@@ -19,7 +19,7 @@ def pick_device(name: str | torch.device | None = "auto") -> torch.device:
 
 
 def native_bf16_cpu() -> bool:
-    """True when this CPU computes bfloat16 in hardware (AVX-512-BF16 or AMX), where bf16 autocast trains 1.5-1.6x
+    """True when this CPU computes bfloat16 in hardware (AVX-512-BF16 or AMX), where bf16 autocast trains 1.3-1.8x
     faster than fp32 (docs/benchmarks.md); without it bf16 is emulated and slower than fp32."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch 2.x: absent = no
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)

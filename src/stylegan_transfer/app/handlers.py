@@ -120,17 +120,22 @@ class StyleganApp:
                 raise _error(err) from None
         return shown
 
-    def translate(self, label: str | None, files, progress=None):
-        """-> (input previews, results, download files, status)."""
+    def _chosen_entry(self, label: str | None):
+        """The generator entry the dropdown's `label` names; a gr.Error saying what to do when there is none."""
         if not self.entries:
             raise _error(AppInputError(self.generator_info()))
         if not label or label not in self.entries:
             raise _error(AppInputError("choose a generator first."))
+        return self.entries[label]
+
+    def translate(self, label: str | None, files, progress=None):
+        """-> (input previews, results, download files, status)."""
+        entry = self._chosen_entry(label)
         if not files:
             raise _error(AppInputError("upload one or more images first."))
         paths = [_path(item) for item in files]
         try:
-            generator = self.generators.get(self.entries[label])
+            generator = self.generators.get(entry)
         except AppInputError as err:
             raise _error(err) from None
         folder = self.job_folder()
@@ -202,16 +207,13 @@ class StyleganApp:
         """-> (result video, download file, status)."""
         if not video_available():
             raise _error(AppInputError(f"video needs PyAV, which is not installed: {VIDEO_INSTALL_HINT}"))
-        if not self.entries:
-            raise _error(AppInputError(self.generator_info()))
-        if not label or label not in self.entries:
-            raise _error(AppInputError("choose a generator first."))
+        entry = self._chosen_entry(label)
         if not file:
             raise _error(AppInputError("upload a video first."))
         source = _path(file)
         try:
             check_video(source, max_pixels=self.max_pixels)
-            generator = self.generators.get(self.entries[label])
+            generator = self.generators.get(entry)
             long_side = int(size or 0)
             if 0 < long_side < MIN_SIDE:
                 raise AppInputError(f"the long side must be 0 (keep) or at least {MIN_SIDE} pixels.")

@@ -44,7 +44,7 @@ def register_resolvers() -> None:
     )
     OmegaConf.register_new_resolver("st.sum", lambda *xs: sum(xs), replace=True)
     OmegaConf.register_new_resolver("st.log2", lambda n: int(math.log2(int(n))), replace=True)
-    OmegaConf.register_new_resolver("st.cpu_precision", lambda: devices.cpu_precision(), replace=True)
+    OmegaConf.register_new_resolver("st.cpu_precision", devices.cpu_precision, replace=True)
     OmegaConf.register_new_resolver("st.dirname", safe_dirname, replace=True)
     OmegaConf.register_new_resolver("st.launch_stamp", launch_stamp, replace=True, use_cache=True)
     OmegaConf.register_new_resolver(
