@@ -253,6 +253,7 @@ def run_training(
         return {
             "profiler": timer.profiler,
             "syncs": timer.syncs,
+            "steps": args.steps,
             "seconds_per_step": timer.seconds / args.steps,
         }
     steps_per_s = args.steps / timer.seconds
@@ -275,6 +276,34 @@ def run_training(
     return row
 
 
+# Where one training step's time goes, by what the profiled operators do. An operator is filed under the first of
+# these whose test its own name or an enclosing record (the optimiser's step, the DataLoader's next) passes.
+STEP_PARTS = (
+    ("optimiser step", lambda name: name.startswith("Optimizer.step#")),
+    ("data loading", lambda name: name.startswith("enumerate(DataLoader)#")),
+    ("convolution", lambda name: "conv" in name),
+    ("normalisation", lambda name: "_norm" in name),
+    ("other tensor ops", lambda name: True),
+)
+
+
+def step_breakdown(events: Any, steps: int, seconds_per_step: float) -> dict[str, float]:
+    """Seconds per step spent in each of STEP_PARTS, from a profiler's `events()` (host time of the thread that
+    trains: on a CPU, the computation; on a GPU, the launches). Each event's self time counts once, under the
+    part of its nearest enclosing optimiser/data record, or else of its own name; "outside any operator"
+    (Python, Lightning, hooks) is what the profiled step took beyond all of them, so the parts sum to it."""
+    parts = dict.fromkeys([name for name, _ in STEP_PARTS], 0.0)
+    for event in events:
+        part, node = None, event
+        while node is not None and part is None:
+            part = next((name for name, test in STEP_PARTS[:2] if test(node.name)), None)
+            node = node.cpu_parent
+        part = part or next(name for name, test in STEP_PARTS[2:] if test(event.name))
+        parts[part] += event.self_cpu_time_total / 1e6 / steps
+    parts["outside any operator"] = max(0.0, seconds_per_step - sum(parts.values()))
+    return parts
+
+
 def profile_table(result: dict[str, Any], device: torch.device, rows: int = 25) -> dict[str, Any]:
     """Where the time of the profiled steps goes: the top operators by self device time (CPU time on a CPU),
     the host-device synchronisations seen, and torch.compile's graph breaks and graph count."""
@@ -285,6 +314,7 @@ def profile_table(result: dict[str, Any], device: torch.device, rows: int = 25) 
     breaks = {reason: int(n) for reason, n in counters["graph_break"].items()}
     return {
         "seconds_per_step": result["seconds_per_step"],
+        "breakdown": step_breakdown(result["profiler"].events(), result["steps"], result["seconds_per_step"]),
         "table": table,
         "syncs": len(result["syncs"]),
         "sync_examples": sorted(set(result["syncs"]))[:5],
@@ -551,8 +581,24 @@ def markdown(report: dict[str, Any]) -> str:
         "roofline ratio = measured time / (FLOPs / peak of the row's precision, the better of matmul and 3x3 "
         "conv); 1.0 = at the roofline. Tiled rows: the whole user path (host image in and out, statistics pass)."
     )
-    if report.get("profile"):
-        prof = report["profile"]
+    profiles = report.get("profiles", [])
+    if profiles:
+        parts = list(profiles[0]["breakdown"])
+        lines += [
+            "",
+            "Where one step's time goes (seconds per step under the profiler; `step_breakdown`):",
+            "",
+            "| part | " + " | ".join(prof["config"] for prof in profiles) + " |",
+            "|---|" + "---|" * len(profiles),
+        ]
+        for part in parts:
+            cells = (
+                f"{prof['breakdown'][part]:.4f} ({prof['breakdown'][part] / prof['seconds_per_step']:.0%})"
+                for prof in profiles
+            )
+            lines.append(f"| {part} | " + " | ".join(cells) + " |")
+        lines.append("| **step** | " + " | ".join(f"{p['seconds_per_step']:.4f}" for p in profiles) + " |")
+    for prof in profiles:
         lines += [
             "",
             f"Profile of `{prof['config']}` ({prof['seconds_per_step']:.4f} s/step under the profiler): "
@@ -603,12 +649,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         help="one image of this size through the tiled user path (default: 4096 GPU, none CPU)",
     )
-    parser.add_argument("--profile", action="store_true", help="also profile the fast configuration's step")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile the step (--profile-config, --profile-sizes)"
+    )
     parser.add_argument(
         "--configs", nargs="*", default=[], help="time only these configurations (reference, fast, ...)"
     )
     parser.add_argument(
-        "--profile-config", default="fast", help="the configuration --profile records (fast, reference, ...)"
+        "--profile-config",
+        nargs="+",
+        default=["fast"],
+        help="the configurations --profile records (fast, reference, ...)",
+    )
+    parser.add_argument(
+        "--profile-sizes",
+        type=int,
+        nargs="*",
+        help="the sizes --profile records (default: the first of --sizes)",
     )
     parser.add_argument(
         "--overrides",
@@ -694,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": {},
         "official": [],
         "inference": [],
-        "profile": None,
+        "profiles": [],
         "int8": None,
     }
     out = Path(args.out)
@@ -741,17 +798,20 @@ def main(argv: list[str] | None = None) -> int:
                     report["speedup"][key] = rows["fast"]["pairs_per_s"] / rows["reference"]["pairs_per_s"]
                 write_report(report, out)
 
-    if args.profile and args.sizes:
-        recipe, name = args.recipes[0], args.profile_config
-        spec = training_configs(device, args, recipe)[name]
-        result = run_training(name, spec, args.sizes[0], device, args, profile=True)
-        report["profile"] = {
-            "config": f"{name}, {recipe} recipe, {args.sizes[0]}px, batch {spec['batch']}",
-            "steps": args.steps,
-            **profile_table(result, device),
-        }
-        print(report["profile"]["table"], flush=True)
-        write_report(report, out)
+    for size in (args.profile_sizes or args.sizes[:1]) if args.profile else []:
+        recipe = args.recipes[0]
+        for name in args.profile_config:
+            spec = training_configs(device, args, recipe)[name]
+            result = run_training(name, spec, size, device, args, profile=True)
+            report["profiles"].append(
+                {
+                    "config": f"{name}, {recipe} recipe, {size}px, batch {spec['batch']}",
+                    "steps": args.steps,
+                    **profile_table(result, device),
+                }
+            )
+            print(report["profiles"][-1]["table"], flush=True)
+            write_report(report, out)
 
     variants = INFERENCE_VARIANTS if device.type == "cuda" else {"reference": (False, False)}
     if args.no_compile:

@@ -3,8 +3,10 @@
 python scripts/make_demo_data.py --source ../shared/data --out src/stylegan_transfer/assets/demo
 
 Domain A: public-domain landscape photos (Debian endless-sky-data), one centred square each.
-Domain B: public-domain paintings by Van Gogh and the Impressionists (Debian gcompris-qt-data), several
-square crops each. Everything is downscaled to 128x128 JPEG to keep the package small.
+Domain B: public-domain paintings by Van Gogh and the Impressionists (Debian gcompris-qt-data): four square crops
+of each training painting; one centre square of each held-out painting (`HELD_OUT`), so the validation grid shows
+six different paintings none of which was trained on. Everything is downscaled to 128x128 JPEG to keep the
+package small.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ SIZE = 128
 CC_LICENSED = re.compile(r"bwerner|myrabella|dmottl|mfield|sfiera|striker|harro|iridium|spfld|^lava5")
 PAINTERS = re.compile(r"vangogh|Van_Gogh|Renoir|Cassatt|Bazille")
 N_TRAIN_PHOTOS, N_TEST = 64, 6
+# The paintings of testB (whole paintings held out, one per validation row): 6 of the 13, mixed painters.
+HELD_OUT = (
+    "Bazille_The_Ramparts_at_Aigues_Mortes_18",
+    "Mary_Cassatt_Summertime_1894",
+    "Pierre_Auguste_Renoir_Girls_At_The_Piano",
+    "vangogh_Van_Gogh_The_Night_Cafe",
+    "vangogh_VincentVanGogh0019",
+    "vangogh_VincentVanGoghBridge",
+)
 
 
 def square(image: Image.Image, fx: float) -> Image.Image:
@@ -57,9 +68,15 @@ def main() -> None:
     paintings = sorted(
         p for p in (args.source / "paintings").glob("gcompris_*.jpg") if PAINTERS.search(p.name)
     )
-    for i, path in enumerate(paintings):
-        split = "testB" if i in (1, len(paintings) - 2) else "trainB"
+    missing = set(HELD_OUT) - {p.stem.removeprefix("gcompris_") for p in paintings}
+    if missing:
+        raise SystemExit(f"{args.source / 'paintings'}: held-out paintings not found: {sorted(missing)}")
+    for path in paintings:
         image = Image.open(path)
+        if path.stem.removeprefix("gcompris_") in HELD_OUT:
+            save(square(image, 0.5), args.out / "testB" / f"{path.stem}_1.jpg")
+            continue
+        split = "trainB"
         for fx in (0.0, 0.5, 1.0):
             save(square(image, fx), args.out / split / f"{path.stem}_{int(fx * 2)}.jpg")
         w, h = image.size  # plus a zoomed-in centre crop for brush-stroke detail

@@ -280,3 +280,29 @@ def test_benchmark_times_the_official_step_beside_ours(tmp_path):
         expected = row["seconds_per_step"] / row["batch"] / official["seconds_per_step"]
         assert row["vs_official"] == pytest.approx(expected)
     assert "Time per image vs the official code" in (out / "benchmark.md").read_text()
+
+
+def test_step_breakdown_files_each_operator_once_and_sums_to_the_step():
+    spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "scripts" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.InstanceNorm2d(8), torch.nn.ReLU())
+    opt = torch.optim.Adam(net.parameters())
+    loader = torch.utils.data.DataLoader(torch.randn(4, 3, 16, 16), batch_size=2)
+    steps = 2
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for batch in loader:
+            net(batch).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    events = prof.events()
+    seconds = sum(e.self_cpu_time_total for e in events) / 1e6 / steps + 0.01  # 10 ms outside any operator
+    parts = bench.step_breakdown(events, steps, seconds)
+    assert set(parts) == {*(name for name, _ in bench.STEP_PARTS), "outside any operator"}
+    assert all(parts[name] > 0 for name in ("convolution", "normalisation", "optimiser step", "data loading"))
+    assert sum(parts.values()) == pytest.approx(seconds)
+    assert parts["outside any operator"] == pytest.approx(0.01)
+    # Adam's element-wise ops count as the optimiser's, not as "other": the part is the step records' whole time.
+    step_records = [e for e in events if e.name.startswith("Optimizer.step#")]
+    assert len(step_records) == steps
+    assert parts["optimiser step"] == pytest.approx(sum(e.cpu_time_total for e in step_records) / 1e6 / steps)
