@@ -12,6 +12,14 @@
 #             scripts/quality_benchmark.py --train-only; the exports come back as tar files, scored on a CPU later
 #             by the same script without --train-only (QUALITY_TASK: the task folder; default .gpu/task)
 #   tests     pytest -m gpu
+#   suite     (only when named) issue 23's quality suite at a budget a CPU cannot afford: the official code and our
+#             rows below on every task in .gpu/tasks/ (built on a CPU by scripts/quality_benchmark.py; copy its
+#             tasks/ there), seeds 0 and 1, SUITE_EPOCHS epochs (default 108), SUITE_JOBS trainings sharing the GPU
+#             (default 12), the official code from .gpu/cut (a CUT checkout; needs dominate among the wheels). Each
+#             finished run's translations of the test inputs come back in suite_<task>.tar (no weights): untar into
+#             the suite's --out on a CPU and score there with --score-only and the same --epochs. One call:
+#             `WHEELS=.gpu/whl bash scripts/gpu_session.sh OUT suite` (carry .gpu; .gpu/whl: hydra-core, omegaconf,
+#             antlr4, dominate).
 # The sections' limits add up to more than one device call may run (600 s): split them over two calls, e.g.
 # `bash scripts/gpu_session.sh OUT bench` then `bash scripts/gpu_session.sh OUT2 infer video quality tests`.
 # Installs what the machine lacks from wheels in .whl/ when there are any (hydra-core, omegaconf, antlr4, PyAV,
@@ -24,9 +32,10 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 log="$out/log.txt"
 work=$(mktemp -d)
-if compgen -G ".whl/*.whl" >/dev/null; then
+wheels=${WHEELS:-.whl}
+if compgen -G "$wheels/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl >>"$log" 2>&1 || { echo "wheel install failed (see $log)"; exit 1; }
+        "$wheels"/*.whl >>"$log" 2>&1 || { echo "wheel install failed (see $log)"; exit 1; }
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -58,7 +67,7 @@ if wants video; then
             --precision bf16 --frames 96 --stats-frames 8 --batch-size 8 --size "$size" --threads 8
     done
 fi
-(cd "$work" && tar cf "$out/bench.tar" bench infer 2>/dev/null)
+{ wants bench || wants infer; } && (cd "$work" && tar cf "$out/bench.tar" bench infer 2>/dev/null)
 
 pids=()
 export TORCHINDUCTOR_COMPILE_THREADS=4  # five processes compile at once below
@@ -81,6 +90,20 @@ if wants quality; then
     for name in reference preset; do
         (cd "$work/quality" && tar cf "$out/quality_$name.tar" --exclude='*.ckpt' --exclude='g_ba*' \
             --exclude='*.png' "runs/style/e20/$name" 2>/dev/null)
+    done
+fi
+if wants suite; then
+    tasks=${SUITE_TASKS:-$(cd .gpu/tasks && ls)}
+    mkdir -p "$work/suite" && cp -r .gpu/tasks "$work/suite/tasks"
+    epochs=${SUITE_EPOCHS:-108}
+    step suite "${SUITE_LIMIT:-540}" python3 scripts/quality_benchmark.py --device "${SUITE_DEVICE:-cuda}" --train-only \
+        --out "$work/suite" --tasks $tasks --official-code .gpu/cut --epochs "$epochs" --seeds ${SUITE_SEEDS:-0 1} \
+        --jobs "${SUITE_JOBS:-12}" --configs default= paper=experiment=paper_cyclegan \
+        "vgg-resize-xavier=model.generator.upsample=resize model.init_type=xavier"
+    for task in $tasks; do  # finished runs only (run.json written last); weights and resume points stay here
+        (cd "$work/suite" && tar cf "$out/suite_$task.tar" --exclude='*.ckpt' --exclude='*.safetensors' \
+            --exclude='*.pth' --exclude='*.log' --exclude=samples --exclude=checkpoints --exclude=csv --exclude=.hydra \
+            $(cd "$work/suite" && ls -d runs/"$task"/e"$epochs"/*/seed*/run.json 2>/dev/null | xargs -rn1 dirname))
     done
 fi
 echo "== done $(date -u +%T)" | tee -a "$log"

@@ -316,11 +316,12 @@ def code_revision() -> str:
     return commit + ("+changes" if dirty else "")
 
 
-def train_command(run: Run, resume: Sequence[str] = ()) -> list[str]:
+def train_command(run: Run, resume: Sequence[str] = (), *, device: str = "cpu") -> list[str]:
     """train.py on the task with the suite's sizes and `run.epochs` epochs (half constant, half decaying), continued
-    from `resume` (`Run.resume_point`: exact, as any resumed training here)."""
+    from `resume` (`Run.resume_point`: exact, as any resumed training here), on `device` (cpu or cuda: one GPU)."""
     half = max(1, run.epochs // 2)
     base = [
+        *(["trainer=gpu"] if device == "cuda" else []),
         "style=custom",
         f"data.root={run.task.root}",
         *NETWORKS,
@@ -340,25 +341,29 @@ def train_command(run: Run, resume: Sequence[str] = ()) -> list[str]:
     return [sys.executable, str(REPO / "train.py"), *base, *shlex.split(run.overrides), *resume]
 
 
-def official_options(run: Run) -> list[str]:
-    """The official code's train.py options: the same data, crops, networks and schedule as `train_command`."""
+def official_options(run: Run, *, device: str = "cpu") -> list[str]:
+    """The official code's train.py options: the same data, crops, networks, schedule and device as `train_command`."""
     half = max(1, run.epochs // 2)
     return [
         "--dataroot", str(run.task.root), "--name", "official", "--checkpoints_dir", str(run.dir),
         "--model", "cycle_gan", "--netG", "resnet_9blocks", "--ngf", "32", "--ndf", "32",
         "--preprocess", "crop", "--crop_size", "64", "--load_size", "72", "--batch_size", "1",
         "--n_epochs", str(half), "--n_epochs_decay", str(run.epochs - half),
-        "--gpu_ids", "-1", "--display_id", "0", "--no_html", "--num_threads", "0",
+        "--gpu_ids", "0" if device == "cuda" else "-1", "--display_id", "0", "--no_html", "--num_threads", "0",
         "--save_epoch_freq", "1",  # latest_net_* and {epoch}_net_* every epoch: a resume point (see Run)
     ]  # fmt: skip
 
 
-def official_commands(run: Run, checkout: Path, resume: Sequence[str] = ()) -> list[list[str]]:
+def official_commands(
+    run: Run, checkout: Path, resume: Sequence[str] = (), *, device: str = "cpu"
+) -> list[list[str]]:
     """Train with scripts/official_cyclegan.py (from `resume`, `Run.resume_point`), then translate the test inputs
-    of both directions. A resumed official run restarts its image pool and random streams (the code saves neither)."""
+    of both directions (on the CPU). A resumed official run restarts its image pool and random streams (the code
+    saves neither)."""
     wrapper = [sys.executable, str(REPO / "scripts" / "official_cyclegan.py")]
-    options = official_options(run)
+    options = official_options(run, device=device)
     commands = [[*wrapper, "train", str(checkout), str(run.seed), "--", *options, *resume]]
+    options = official_options(run)
     for direction in DIRECTIONS:
         inputs = run.task.root / ("testA" if direction == "AtoB" else "truth")
         commands.append(
@@ -373,7 +378,11 @@ def official_commands(run: Run, checkout: Path, resume: Sequence[str] = ()) -> l
 HEARTBEAT_S = 30.0
 
 
-def execute(run: Run, commands: list[list[str]], prior: dict) -> float:
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
+def execute(run: Run, commands: list[list[str]], prior: dict, *, device: str = "cpu") -> float:
     """Run the commands (one thread each; the first one trains) and record the run (run.json, written last: its
     presence means done); returns the wall seconds of this sitting. While training, progress.json holds the training
     seconds of every sitting so far (`prior` + this one's), so a sitting cut short loses at most HEARTBEAT_S of it."""
@@ -406,6 +415,8 @@ def execute(run: Run, commands: list[list[str]], prior: dict) -> float:
         for path in (run.dir / "official").glob("*_net_*.pth"):
             if path.name.split("_")[0].isdigit():
                 path.unlink()
+    else:
+        write_outputs(run)
     record = {
         "overrides": run.overrides,
         # training alone (process starts included, every sitting), as the time per image reports it
@@ -417,13 +428,14 @@ def execute(run: Run, commands: list[list[str]], prior: dict) -> float:
         "commands": [shlex.join(c) for c in commands],
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "device": device_name(device),
     }
     atomic.write_text(run.record, json.dumps(record, indent=1))
     run.progress.unlink(missing_ok=True)
     return sum(seconds)
 
 
-def train_all(runs: Sequence[Run], checkout: Path | None, jobs: int) -> None:
+def train_all(runs: Sequence[Run], checkout: Path | None, jobs: int, *, device: str = "cpu") -> None:
     pending = [run for run in runs if not run.done()]
 
     def one(run: Run) -> None:
@@ -432,9 +444,11 @@ def train_all(runs: Sequence[Run], checkout: Path | None, jobs: int) -> None:
         note = f" (resuming: {shlex.join(resume)})" if resume else ""
         print(f"[{run.task.name} {run.name} seed {run.seed}] training{note} ...", flush=True)
         commands = (
-            official_commands(run, checkout, resume) if run.name == OFFICIAL else [train_command(run, resume)]
+            official_commands(run, checkout, resume, device=device)
+            if run.name == OFFICIAL
+            else [train_command(run, resume, device=device)]
         )
-        seconds = execute(run, commands, prior)
+        seconds = execute(run, commands, prior, device=device)
         print(f"[{run.task.name} {run.name} seed {run.seed}] done in {seconds / 60:.1f} min", flush=True)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -499,10 +513,26 @@ def outputs_from_folder(pairs: Sequence[tuple[Path, Path]], folder: Path) -> tor
     return torch.stack(outputs)  # (N, 3, H, W), already 8-bit values
 
 
+def write_outputs(run: Run) -> None:
+    """Our run's translations of each direction's test inputs, from its exports, saved as outputs_<direction>/<input
+    stem>.png (8-bit, lossless: what `translate_inputs` scores), as the official code's run leaves them: so a run
+    trained on another machine is scored from those folders without its weights."""
+    for direction in DIRECTIONS:
+        export = run.dir / "export" / ("g_ab.safetensors" if direction == "AtoB" else "g_ba.safetensors")
+        if not export.is_file():  # a model that translates one way only (CUT)
+            continue
+        sources = [source for source, _ in run.task.pairs(direction)]
+        inputs = torch.stack([to_tensor(load_rgb(source)) for source in sources])
+        for source, output in zip(sources, translate_inputs(inputs, export), strict=True):
+            save_image(to_image(output), run.dir / f"outputs_{direction}" / f"{source.stem}.png")
+
+
 def run_outputs(run: Run, direction: str, scorer: Scorer) -> torch.Tensor | None:
-    """The run's translations of the direction's inputs; None when the model translates one way only (CUT)."""
-    if run.name == OFFICIAL:
-        return outputs_from_folder(scorer.pairs, run.dir / f"outputs_{direction}")
+    """The run's translations of the direction's inputs, from its outputs folder (or, for our runs trained before
+    those folders were written, from its export); None when the model translates one way only (CUT)."""
+    folder = run.dir / f"outputs_{direction}"
+    if folder.is_dir() or run.name == OFFICIAL:
+        return outputs_from_folder(scorer.pairs, folder)
     export = run.dir / "export" / ("g_ab.safetensors" if direction == "AtoB" else "g_ba.safetensors")
     return translate_inputs(scorer.inputs, export) if export.is_file() else None
 
@@ -649,6 +679,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--epochs", type=int, default=27, help="the same for every row (27 x 68 images = 1,836 iterations)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time (one thread each)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where every row trains (cuda: one GPU shared by the --jobs trainings; fp32 as on a CPU)",
+    )
     parser.add_argument("--train-a", type=int, default=68)
     parser.add_argument("--train-b", type=int, default=68)
     parser.add_argument("--test", type=int, default=45)
@@ -714,7 +750,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         order = sorted(
             (run for task_runs in runs.values() for run in task_runs), key=lambda r: (r.seed, r.task.name)
         )
-        train_all(order, args.official_code, args.jobs)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
+        train_all(order, args.official_code, args.jobs, device=args.device)
     if args.train_only:
         return 0
 

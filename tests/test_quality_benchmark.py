@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from helpers import REPO, write_images
+from helpers import REPO, TINY_G_KWARGS, write_images
 
 
 def _benchmark():
@@ -220,3 +220,59 @@ def test_our_resumed_run_ends_with_the_generators_of_an_uninterrupted_one(tmp_pa
         expected = load_file(whole.dir / "export" / f"{name}.safetensors")
         resumed = load_file(cut.dir / "export" / f"{name}.safetensors")
         assert all(torch.equal(expected[k], resumed[k]) for k in expected), name
+
+
+def test_on_a_gpu_both_codes_train_there_and_translate_on_the_cpu(tmp_path):
+    qb = _benchmark()
+    task = qb.Task(tmp_path / "tasks" / "classic")
+    ours = qb.train_command(qb.Run(task, "x", "model.lambda_style=0", 0, 4, tmp_path), device="cuda")
+    assert "trainer=gpu" in ours and "perf=none" in ours  # fp32 there too: rows compare across machines
+    assert ours.index("trainer=gpu") < ours.index("perf=none") < ours.index("model.lambda_style=0")
+    assert "trainer=gpu" not in qb.train_command(qb.Run(task, "x", "", 0, 4, tmp_path))
+    official = qb.Run(task, qb.OFFICIAL, "", 0, 4, tmp_path)
+    train, *translate = qb.official_commands(official, tmp_path / "cut", device="cuda")
+    assert train[train.index("--gpu_ids") + 1] == "0"
+    assert len(translate) == 2 and all(c[c.index("--gpu_ids") + 1] == "-1" for c in translate)
+
+
+def test_our_outputs_are_saved_per_run_and_scored_from_there_as_translated(tmp_path, monkeypatch):
+    from stylegan_transfer.inference.generator_file import save_generator
+    from stylegan_transfer.networks import build_generator
+
+    qb = _benchmark()
+    monkeypatch.setattr(qb, "TASK_SIZE", (48, 24))
+    photos = write_images(tmp_path / "photos", 8, size=(48, 24), seed=3)
+    task = qb.build_task(
+        photos,
+        tmp_path / "tasks" / "tone",
+        ImageOps.invert,
+        n_train_a=3,
+        n_train_b=3,
+        n_test=2,
+        size=(48, 24),
+    )
+    run = qb.Run(task, "mine", "", 0, 1, tmp_path)
+    kwargs = TINY_G_KWARGS
+    torch.manual_seed(0)
+    save_generator(
+        build_generator("resnet", **kwargs),
+        run.dir / "export" / "g_ab.safetensors",
+        arch="resnet",
+        kwargs=kwargs,
+    )
+    qb.write_outputs(run)  # no g_ba (a one-way model): only AtoB
+    assert sorted(p.name for p in run.dir.iterdir()) == ["export", "outputs_AtoB"]
+    pairs = task.pairs("AtoB")
+    assert sorted(p.stem for p in (run.dir / "outputs_AtoB").iterdir()) == sorted(s.stem for s, _ in pairs)
+
+    class Inputs:  # the scorer's view of the direction, without loading LPIPS or Inception
+        def __init__(self, pairs):
+            self.pairs = pairs
+            self.inputs = torch.stack([qb.to_tensor(qb.load_rgb(s)) for s, _ in pairs])
+
+    scorer = Inputs(pairs)
+    from_folder = qb.run_outputs(run, "AtoB", scorer)
+    assert torch.equal(
+        from_folder, qb.translate_inputs(scorer.inputs, run.dir / "export" / "g_ab.safetensors")
+    )
+    assert qb.run_outputs(run, "BtoA", Inputs(task.pairs("BtoA"))) is None
