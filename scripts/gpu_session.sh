@@ -16,7 +16,7 @@
 #             rows below on every task in .gpu/tasks/ (built on a CPU by scripts/quality_benchmark.py; copy its
 #             tasks/ there), seeds 0 and 1, SUITE_EPOCHS epochs (default 108), SUITE_JOBS trainings sharing the GPU
 #             (default 12), the official code from .gpu/cut (a CUT checkout; needs dominate among the wheels). Each
-#             finished run's translations of the test inputs come back in suite_<task>.tar (no weights): untar into
+#             finished run's translations of the test inputs come back in suite_<task>_seed<s>.tar (no weights): untar into
 #             the suite's --out on a CPU and score there with --score-only and the same --epochs. One call:
 #             `WHEELS=.gpu/whl bash scripts/gpu_session.sh OUT suite` (carry .gpu; .gpu/whl: hydra-core, omegaconf,
 #             antlr4, dominate).
@@ -100,10 +100,14 @@ if wants suite; then
         --out "$work/suite" --tasks $tasks --official-code .gpu/cut --epochs "$epochs" --seeds ${SUITE_SEEDS:-0 1} \
         --jobs "${SUITE_JOBS:-12}" --configs default= paper=experiment=paper_cyclegan \
         "vgg-resize-xavier=model.generator.upsample=resize model.init_type=xavier"
-    for task in $tasks; do  # finished runs only (run.json written last); weights and resume points stay here
-        (cd "$work/suite" && tar cf "$out/suite_$task.tar" --exclude='*.ckpt' --exclude='*.safetensors' \
-            --exclude='*.pth' --exclude='*.log' --exclude=samples --exclude=checkpoints --exclude=csv --exclude=.hydra \
-            $(cd "$work/suite" && ls -d runs/"$task"/e"$epochs"/*/seed*/run.json 2>/dev/null | xargs -rn1 dirname))
+    # Finished runs only (run.json is written last), one tar per task and seed (a file comes back only under 16 MiB:
+    # four runs' outputs are ~10 MB); weights and resume points stay behind.
+    for task in $tasks; do
+        for seed in ${SUITE_SEEDS:-0 1}; do
+            (cd "$work/suite" && tar cf "$out/suite_${task}_seed$seed.tar" --exclude='*.ckpt' --exclude='*.pth' \
+                --exclude='*.safetensors' --exclude='*.log' --exclude=samples --exclude=checkpoints --exclude=csv \
+                --exclude=.hydra $(ls -d runs/"$task"/e"$epochs"/*/seed"$seed"/run.json 2>/dev/null | xargs -rn1 dirname))
+        done
     done
 fi
 echo "== done $(date -u +%T)" | tee -a "$log"

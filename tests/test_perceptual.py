@@ -143,6 +143,36 @@ def test_vgg_features_normalise_and_freeze():
         VGGFeatures(vgg_features_module(width_divisor=16), ["relu9_9"])
 
 
+def test_under_autocast_the_trunk_runs_from_a_cast_copy_with_the_same_results():
+    torch.manual_seed(0)
+    vgg = VGGFeatures(vgg_features_module(width_divisor=16), ["relu1_1", "relu3_1", "relu4_2"])
+    images = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()
+
+    def run(trunk_for):
+        vgg.trunk_for = trunk_for
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats = vgg(images)
+        (grad,) = torch.autograd.grad(sum(f.float().square().mean() for f in feats), images)
+        del vgg.trunk_for
+        return feats, grad
+
+    cast_feats, cast_grad = run(VGGFeatures.trunk_for.__get__(vgg))
+    plain_feats, plain_grad = run(lambda device: vgg.trunk)  # autocast casting each weight at each call
+    assert all(torch.equal(a, b) for a, b in zip(cast_feats, plain_feats, strict=True))
+    assert cast_feats[0].dtype == torch.bfloat16 and torch.equal(cast_grad, plain_grad)
+    copy = vgg.trunk_for(torch.device("cpu"))
+    assert copy is vgg.trunk  # outside autocast: the trunk itself
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        copy = vgg.trunk_for(torch.device("cpu"))
+        assert vgg.trunk_for(torch.device("cpu")) is copy  # made once
+        assert next(copy.parameters()).dtype == torch.bfloat16
+        assert not any(k.startswith("_cast") for k in vgg.state_dict())
+        with torch.no_grad():
+            vgg.trunk[0].weight.mul_(2)  # the weights change (loading others): a new copy follows them
+        renewed = vgg.trunk_for(torch.device("cpu"))
+        assert renewed is not copy and torch.equal(renewed[0].weight, vgg.trunk[0].weight.bfloat16())
+
+
 @pytest.mark.parametrize("norm", ["torchvision", "caffe", "explicit"])
 def test_vgg_features_apply_the_weights_input_normalisation(norm):
     """Images in [-1, 1] reach the trunk as ((x + 1) / 2 - mean) / std: ImageNet mean/std for torchvision

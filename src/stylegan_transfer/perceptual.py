@@ -18,6 +18,7 @@ conv1_1's input channels to RGB, so `VGGFeatures` feeds RGB either way and only 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import logging
@@ -281,14 +282,32 @@ class VGGFeatures(nn.Module):
         self.trunk = features[: max(self.indices) + 1].eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._cast: dict[tuple, nn.Sequential] = {}  # a plain dict: never a submodule, never in a state_dict
 
     def train(self, mode: bool = True) -> VGGFeatures:
         return super().train(False)  # always frozen
 
+    def trunk_for(self, device: torch.device) -> nn.Sequential:
+        """The trunk to run on `device`: itself, or under autocast a copy already in the autocast dtype.
+
+        Autocast re-casts a weight at every call unless the weight requires grad, so the frozen trunk's 13 M
+        weights would be cast twice per training step; the copy holds exactly those casts (same values, same
+        results). It is rebuilt whenever the trunk's weights change (their version counters are its key)."""
+        if not torch.is_autocast_enabled(device.type):
+            return self.trunk
+        dtype = torch.get_autocast_dtype(device.type)
+        key = (device, dtype, tuple(p._version for p in self.trunk.parameters()))
+        if key not in self._cast:
+            self._cast = {key: copy.deepcopy(self.trunk).to(device=device, dtype=dtype)}
+        return self._cast[key]
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # (B, 3, H, W) in [-1, 1]
         x = ((images + 1) / 2 - self.mean) / self.std
+        trunk = self.trunk_for(x.device)
+        if trunk is not self.trunk:
+            x = x.to(next(trunk.parameters()).dtype)  # the cast autocast's first convolution would make
         found: dict[int, torch.Tensor] = {}
-        for index, layer in enumerate(self.trunk):
+        for index, layer in enumerate(trunk):
             x = layer(x)
             if index in self.indices:
                 found[index] = x
