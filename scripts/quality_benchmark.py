@@ -244,6 +244,10 @@ class Run:
     def record(self) -> Path:
         return self.dir / "run.json"
 
+    def export(self, direction: str) -> Path:
+        """Our run's generator export for `direction` (AtoB: g_ab, BtoA: g_ba)."""
+        return self.dir / "export" / ("g_ab.safetensors" if direction == "AtoB" else "g_ba.safetensors")
+
     def done(self) -> bool:
         """True when a finished run with the same settings is cached; a different one is refused."""
         if not self.record.is_file():
@@ -361,9 +365,9 @@ def official_commands(
     of both directions (on the CPU). A resumed official run restarts its image pool and random streams (the code
     saves neither)."""
     wrapper = [sys.executable, str(REPO / "scripts" / "official_cyclegan.py")]
-    options = official_options(run, device=device)
-    commands = [[*wrapper, "train", str(checkout), str(run.seed), "--", *options, *resume]]
-    options = official_options(run)
+    train = official_options(run, device=device)
+    commands = [[*wrapper, "train", str(checkout), str(run.seed), "--", *train, *resume]]
+    options = official_options(run)  # translating: on the CPU
     for direction in DIRECTIONS:
         inputs = run.task.root / ("testA" if direction == "AtoB" else "truth")
         commands.append(
@@ -471,7 +475,7 @@ class Scorer:
 
     @property
     def inputs(self) -> torch.Tensor:
-        return torch.stack([to_tensor(load_rgb(source)) for source, _ in self.pairs])
+        return load_inputs(self.pairs)
 
     def score(self, outputs: torch.Tensor) -> dict[str, float]:  # (N, 3, H, W) in [-1, 1], 8-bit values
         from stylegan_transfer.metrics import scores
@@ -487,6 +491,11 @@ class Scorer:
 
 
 @torch.no_grad()
+def load_inputs(pairs: Sequence[tuple[Path, Path]]) -> torch.Tensor:
+    """The inputs of (input, truth) pairs as one (N, 3, H, W) batch in [-1, 1]."""
+    return torch.stack([to_tensor(load_rgb(source)) for source, _ in pairs])
+
+
 def translate_inputs(inputs: torch.Tensor, export: Path) -> torch.Tensor:
     """A generator export's outputs for `inputs` (N, 3, H, W), rounded to 8-bit values."""
     from stylegan_transfer.inference.generator_file import load_generator
@@ -518,12 +527,11 @@ def write_outputs(run: Run) -> None:
     stem>.png (8-bit, lossless: what `translate_inputs` scores), as the official code's run leaves them: so a run
     trained on another machine is scored from those folders without its weights."""
     for direction in DIRECTIONS:
-        export = run.dir / "export" / ("g_ab.safetensors" if direction == "AtoB" else "g_ba.safetensors")
+        export = run.export(direction)
         if not export.is_file():  # a model that translates one way only (CUT)
             continue
-        sources = [source for source, _ in run.task.pairs(direction)]
-        inputs = torch.stack([to_tensor(load_rgb(source)) for source in sources])
-        for source, output in zip(sources, translate_inputs(inputs, export), strict=True):
+        pairs = run.task.pairs(direction)
+        for (source, _), output in zip(pairs, translate_inputs(load_inputs(pairs), export), strict=True):
             save_image(to_image(output), run.dir / f"outputs_{direction}" / f"{source.stem}.png")
 
 
@@ -533,7 +541,7 @@ def run_outputs(run: Run, direction: str, scorer: Scorer) -> torch.Tensor | None
     folder = run.dir / f"outputs_{direction}"
     if folder.is_dir() or run.name == OFFICIAL:
         return outputs_from_folder(scorer.pairs, folder)
-    export = run.dir / "export" / ("g_ab.safetensors" if direction == "AtoB" else "g_ba.safetensors")
+    export = run.export(direction)
     return translate_inputs(scorer.inputs, export) if export.is_file() else None
 
 

@@ -24,6 +24,20 @@ def _benchmark():
     return module
 
 
+def _tiny_task(qb, tmp_path, *, seed: int):
+    """A 48x24 task (3 + 3 training images, 2 test pairs; B is the inverted photo) under tmp_path/tasks/tone."""
+    photos = write_images(tmp_path / "photos", 8, size=(48, 24), seed=seed)
+    return qb.build_task(
+        photos,
+        tmp_path / "tasks" / "tone",
+        ImageOps.invert,
+        n_train_a=3,
+        n_train_b=3,
+        n_test=2,
+        size=(48, 24),
+    )
+
+
 def test_task_has_disjoint_splits_and_truth_aligned_with_test_inputs(tmp_path):
     qb = _benchmark()
     photos = write_images(tmp_path / "photos", 14, size=(48, 24), seed=3)
@@ -191,16 +205,7 @@ def test_our_resumed_run_ends_with_the_generators_of_an_uninterrupted_one(tmp_pa
 
     qb = _benchmark()
     monkeypatch.setattr(qb, "BUSY_S", 0.0)
-    photos = write_images(tmp_path / "photos", 8, size=(48, 24), seed=5)
-    task = qb.build_task(
-        photos,
-        tmp_path / "tasks" / "tone",
-        ImageOps.invert,
-        n_train_a=3,
-        n_train_b=3,
-        n_test=2,
-        size=(48, 24),
-    )
+    task = _tiny_task(qb, tmp_path, seed=5)
     whole, cut = (qb.Run(task, name, "", 0, 2, tmp_path) for name in ("whole", "cut"))
     qb.train_all([whole], None, 1)
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
@@ -241,16 +246,7 @@ def test_our_outputs_are_saved_per_run_and_scored_from_there_as_translated(tmp_p
 
     qb = _benchmark()
     monkeypatch.setattr(qb, "TASK_SIZE", (48, 24))
-    photos = write_images(tmp_path / "photos", 8, size=(48, 24), seed=3)
-    task = qb.build_task(
-        photos,
-        tmp_path / "tasks" / "tone",
-        ImageOps.invert,
-        n_train_a=3,
-        n_train_b=3,
-        n_test=2,
-        size=(48, 24),
-    )
+    task = _tiny_task(qb, tmp_path, seed=3)
     run = qb.Run(task, "mine", "", 0, 1, tmp_path)
     kwargs = TINY_G_KWARGS
     torch.manual_seed(0)
@@ -268,7 +264,7 @@ def test_our_outputs_are_saved_per_run_and_scored_from_there_as_translated(tmp_p
     class Inputs:  # the scorer's view of the direction, without loading LPIPS or Inception
         def __init__(self, pairs):
             self.pairs = pairs
-            self.inputs = torch.stack([qb.to_tensor(qb.load_rgb(s)) for s, _ in pairs])
+            self.inputs = qb.load_inputs(pairs)
 
     scorer = Inputs(pairs)
     from_folder = qb.run_outputs(run, "AtoB", scorer)
