@@ -569,6 +569,71 @@ def markdown_table(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+# Issue 23's acceptance margins for a candidate default, against rows trained in the same suite.
+KID_LEAD = 0.20  # A->B KID at least 20 % below the official code's (means over seeds)
+TIME_LIMIT = 1.25  # training seconds per image at most 1.25x the official code's
+PAPER = "paper"  # the row the B->A check compares with (--configs paper=experiment=paper_cyclegan)
+
+
+def _mean(rows: dict[str, list[dict]], name: str, key: str) -> float | None:
+    runs = rows.get(name) or []
+    return mean_std([r[key] for r in runs])[0] if runs else None
+
+
+def criteria(results: dict[str, dict[str, dict[str, list[dict]]]], candidate: str) -> list[dict]:
+    """One dict per task: how `candidate` stands against the margins (A->B vs the official code, B->A vs the paper
+    recipe, time vs the official code), each check True, False or None (a row it needs was not trained), plus whether
+    the official code beat doing nothing on A->B (both scores): when it did not, the budget is too short for a
+    verdict, whatever the margins say."""
+    verdicts = []
+    for task, directions in results.items():
+        a, b = directions.get("AtoB", {}), directions.get("BtoA", {})
+        ours, official = _mean(a, candidate, "kid"), _mean(a, OFFICIAL, "kid")
+        kid_lead = None if ours is None or official is None or official <= 0 else ours / official - 1.0
+        lpips, official_lpips = _mean(a, candidate, "lpips"), _mean(a, OFFICIAL, "lpips")
+        seconds, official_seconds = _mean(a, candidate, "s_per_image"), _mean(a, OFFICIAL, "s_per_image")
+        time_ratio = None if seconds is None or not official_seconds else seconds / official_seconds
+        back = [(_mean(b, candidate, key), _mean(b, PAPER, key)) for key in ("lpips", "kid")]
+        identity = [_mean(a, IDENTITY, key) for key in ("lpips", "kid")]
+        verdicts.append(
+            {
+                "task": task,
+                "seeds": min(len(a.get(candidate) or []), len(a.get(OFFICIAL) or [])),
+                "kid_lead": kid_lead,
+                "kid_ok": None if kid_lead is None else kid_lead <= -KID_LEAD,
+                "lpips_ok": None if lpips is None or official_lpips is None else lpips < official_lpips,
+                "b_to_a_ok": None
+                if any(v is None for pair in back for v in pair)
+                else all(o <= p for o, p in back),
+                "time_ratio": time_ratio,
+                "time_ok": None if time_ratio is None else time_ratio <= TIME_LIMIT,
+                "official_beats_identity": None
+                if official is None or None in identity
+                else official_lpips < identity[0] and official < identity[1],
+            }
+        )
+    return verdicts
+
+
+def criteria_table(results: dict[str, dict[str, dict[str, list[dict]]]], candidate: str) -> str:
+    def mark(value: bool | None) -> str:
+        return "–" if value is None else ("✓" if value else "✗")
+
+    lines = [
+        f"| task | seeds | A→B KID vs official (≤ −{KID_LEAD:.0%}) | A→B LPIPS < official | B→A no worse than "
+        f"{PAPER} | time ≤ {TIME_LIMIT}× official | official beats identity (A→B) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in criteria(results, candidate):
+        lead = "–" if v["kid_lead"] is None else f"{v['kid_lead']:+.0%} {mark(v['kid_ok'])}"
+        ratio = "–" if v["time_ratio"] is None else f"{v['time_ratio']:.2f}× {mark(v['time_ok'])}"
+        lines.append(
+            f"| {v['task']} | {v['seeds']} | {lead} | {mark(v['lpips_ok'])} | {mark(v['b_to_a_ok'])} | {ratio} "
+            f"| {mark(v['official_beats_identity'])} |"
+        )
+    return "\n".join(lines)
+
+
 STRIP_COUNT = 6  # test images each run keeps (in its strip_<direction>.png) for the picture sheets
 
 
@@ -777,6 +842,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[task.name] = score_task(task, runs[task.name], lpips, inception, args.out)
         for direction, rows in results[task.name].items():
             report += [f"\n### {task.name}, {direction}, {args.epochs} epochs\n", markdown_table(rows)]
+    for name in configs:
+        if name != PAPER:
+            report += [
+                f"\n### {name} against issue 23's margins, {args.epochs} epochs\n",
+                criteria_table(results, name),
+            ]
     text = "\n".join(report) + "\n"
     atomic.write_text(args.out / f"quality_e{args.epochs}.md", text)
     atomic.write_text(

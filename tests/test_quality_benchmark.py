@@ -95,6 +95,36 @@ def test_table_reports_mean_and_std_over_seeds():
     assert "empty" not in table  # a row with no finished run is left out, not shown as NaN
 
 
+def test_criteria_apply_the_issue_margins_to_means_over_seeds():
+    qb = _benchmark()
+
+    def runs(*pairs, seconds=1.0):
+        return [{"lpips": lp, "kid": kid, "s_per_image": seconds} for lp, kid in pairs]
+
+    a_to_b = {
+        "identity": runs((0.50, 0.200)),
+        "official": runs((0.60, 0.300), (0.62, 0.100)),  # KID mean 0.200
+        "good": runs((0.55, 0.150), (0.57, 0.170), seconds=1.2),  # KID mean 0.160: exactly -20 %
+        "close": runs((0.58, 0.170), (0.58, 0.171)),  # -15 %
+    }
+    b_to_a = {"paper": runs((0.50, 0.2)), "good": runs((0.49, 0.2)), "close": runs((0.49, 0.3))}
+    results = {"t": {"AtoB": a_to_b, "BtoA": b_to_a}, "one-way": {"AtoB": a_to_b, "BtoA": {}}}
+    good, good_one_way = qb.criteria(results, "good")
+    assert good["seeds"] == 2 and good["kid_lead"] == pytest.approx(-0.20)
+    assert good["kid_ok"] and good["lpips_ok"] and good["b_to_a_ok"]
+    assert good["time_ratio"] == pytest.approx(1.2) and good["time_ok"]
+    assert good["official_beats_identity"] is False  # its LPIPS 0.61 > identity 0.50: the budget is too short
+    assert (
+        good_one_way["b_to_a_ok"] is None
+    )  # no paper row and no B->A run: not measured, neither pass nor fail
+    close = qb.criteria(results, "close")[0]
+    assert close["kid_ok"] is False and close["b_to_a_ok"] is False  # B->A KID 0.3 > the paper's 0.2
+    missing = qb.criteria(results, "absent")[0]
+    assert missing["seeds"] == 0 and missing["kid_ok"] is None and missing["time_ok"] is None
+    table = qb.criteria_table(results, "close")
+    assert "| t | 2 | -15% ✗ | ✓ | ✗ | 1.00× ✓ | ✗ |" in table
+
+
 def test_classic_and_tone_renderings_are_deterministic_local_and_change_the_photo(tmp_path):
     qb = _benchmark()
     photo = Image.open(write_images(tmp_path / "p", 1, size=(48, 24), seed=5)[0]).convert("RGB")
