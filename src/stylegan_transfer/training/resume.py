@@ -33,7 +33,8 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 
 
 def _fit_problem(state: dict[str, Any], module: nn.Module) -> str | None:
-    """Why `state` does not fit `module` (first problem), or None."""
+    """Why `state` does not fit `module` (first problem), or None. A tensor of `module` with no elements is a
+    buffer sized on first use (`perceptual.RunningGrams`): any stored shape fits it, as its loading adopts it."""
     expected = {k: v for k, v in module.state_dict().items() if not k.startswith(UNTRAINED_PREFIXES)}
     given = {k: v for k, v in state.items() if not k.startswith(UNTRAINED_PREFIXES)}
     missing = [k for k in expected if k not in given]
@@ -43,7 +44,7 @@ def _fit_problem(state: dict[str, Any], module: nn.Module) -> str | None:
     if unexpected:
         return f"it has {len(unexpected)} weights this model does not (first: {unexpected[0]})"
     for key, value in expected.items():
-        if _shape(given[key]) != _shape(value):
+        if _shape(given[key]) != _shape(value) and _shape(value) != (0,):
             return f"{key} has shape {_shape(given[key])}, this model's is {_shape(value)}"
     return None
 
