@@ -490,12 +490,12 @@ class Scorer:
         }
 
 
-@torch.no_grad()
 def load_inputs(pairs: Sequence[tuple[Path, Path]]) -> torch.Tensor:
     """The inputs of (input, truth) pairs as one (N, 3, H, W) batch in [-1, 1]."""
     return torch.stack([to_tensor(load_rgb(source)) for source, _ in pairs])
 
 
+@torch.no_grad()
 def translate_inputs(inputs: torch.Tensor, export: Path) -> torch.Tensor:
     """A generator export's outputs for `inputs` (N, 3, H, W), rounded to 8-bit values."""
     from stylegan_transfer.inference.generator_file import load_generator
@@ -588,8 +588,10 @@ def criteria(results: dict[str, dict[str, dict[str, list[dict]]]], candidate: st
     verdicts = []
     for task, directions in results.items():
         a, b = directions.get("AtoB", {}), directions.get("BtoA", {})
-        ours, official = _mean(a, candidate, "kid"), _mean(a, OFFICIAL, "kid")
-        kid_lead = None if ours is None or official is None or official <= 0 else ours / official - 1.0
+        kid, official_kid = _mean(a, candidate, "kid"), _mean(a, OFFICIAL, "kid")
+        kid_lead = (
+            None if kid is None or official_kid is None or official_kid <= 0 else kid / official_kid - 1.0
+        )
         lpips, official_lpips = _mean(a, candidate, "lpips"), _mean(a, OFFICIAL, "lpips")
         seconds, official_seconds = _mean(a, candidate, "s_per_image"), _mean(a, OFFICIAL, "s_per_image")
         time_ratio = None if seconds is None or not official_seconds else seconds / official_seconds
@@ -608,8 +610,8 @@ def criteria(results: dict[str, dict[str, dict[str, list[dict]]]], candidate: st
                 "time_ratio": time_ratio,
                 "time_ok": None if time_ratio is None else time_ratio <= TIME_LIMIT,
                 "official_beats_identity": None
-                if official is None or None in identity
-                else official_lpips < identity[0] and official < identity[1],
+                if official_kid is None or None in identity
+                else official_lpips < identity[0] and official_kid < identity[1],
             }
         )
     return verdicts

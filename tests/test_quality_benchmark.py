@@ -114,9 +114,8 @@ def test_criteria_apply_the_issue_margins_to_means_over_seeds():
     assert good["kid_ok"] and good["lpips_ok"] and good["b_to_a_ok"]
     assert good["time_ratio"] == pytest.approx(1.2) and good["time_ok"]
     assert good["official_beats_identity"] is False  # its LPIPS 0.61 > identity 0.50: the budget is too short
-    assert (
-        good_one_way["b_to_a_ok"] is None
-    )  # no paper row and no B->A run: not measured, neither pass nor fail
+    # no paper row and no B->A run: not measured, neither pass nor fail
+    assert good_one_way["b_to_a_ok"] is None
     close = qb.criteria(results, "close")[0]
     assert close["kid_ok"] is False and close["b_to_a_ok"] is False  # B->A KID 0.3 > the paper's 0.2
     missing = qb.criteria(results, "absent")[0]

@@ -33,8 +33,8 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 
 
 def _fit_problem(state: dict[str, Any], module: nn.Module) -> str | None:
-    """Why `state` does not fit `module` (first problem), or None. A tensor of `module` with no elements is a
-    buffer sized on first use (`perceptual.RunningGrams`): any stored shape fits it, as its loading adopts it."""
+    """Why `state` does not fit `module` (first problem), or None. A tensor of `module` of shape (0,) is a buffer
+    sized on first use (`perceptual.RunningGrams`): any stored shape fits it, as its loading adopts it."""
     expected = {k: v for k, v in module.state_dict().items() if not k.startswith(UNTRAINED_PREFIXES)}
     given = {k: v for k, v in state.items() if not k.startswith(UNTRAINED_PREFIXES)}
     missing = [k for k in expected if k not in given]
