@@ -100,7 +100,7 @@ if wants suite; then
         --out "$work/suite" --tasks $tasks --official-code .gpu/cut --epochs "$epochs" --seeds ${SUITE_SEEDS:-0 1} \
         --jobs "${SUITE_JOBS:-12}" --configs default= paper=experiment=paper_cyclegan \
         "vgg-resize-xavier=model.generator.upsample=resize model.init_type=xavier" \
-        "vgg-resize=model.generator.upsample=resize"
+        "vgg-transpose=model.generator.upsample=transpose"
     # Finished runs only (run.json is written last), one tar per task and seed (a file comes back only under 16 MiB:
     # five runs' outputs are ~13 MB); weights and resume points stay behind.
     for task in $tasks; do

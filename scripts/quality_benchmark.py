@@ -20,12 +20,14 @@ scripts/official_cyclegan.py with the same data, sizes and budget; never part of
 
 Runs are cached under OUT/runs/TASK/eEPOCHS/NAME/seedS (run.json records the command, the overrides, the code
 revision and the seconds), so a suite can be completed over several sittings; a cached run whose overrides differ
-from the asked ones is refused. A run cut short resumes from its last epoch at the next sitting (ours exactly, from
-checkpoints/last.ckpt; the official code from its per-epoch save, with a fresh image pool), its time summed over
-sittings (progress.json). `--tasks`, `--configs`, `--seeds`, `--official-code` select parts; `--jobs 2`
-trains two at a time (one thread each). `--train-only` stops after training (e.g. on a GPU machine without the
-metric weights); `--score-only` scores the finished runs without training the rest. The product never reads this
-script's inputs: photos, the style network and the official checkout are given on the command line.
+from the asked ones is refused. An empty OVERRIDES (`default=`) means the defaults of the revision that trained it
+(the tables' revision column): when a default changes, its cached runs are renamed with the old setting spelled out
+(as `vgg-transpose` was when resize up-sampling became the default). A run cut short resumes from its last epoch at
+the next sitting (ours exactly, from checkpoints/last.ckpt; the official code from its per-epoch save, with a fresh
+image pool), its time summed over sittings (progress.json). `--tasks`, `--configs`, `--seeds`, `--official-code`
+select parts; `--jobs 2` trains two at a time (one thread each). `--train-only` stops after training (e.g. on a GPU
+machine without the metric weights); `--score-only` scores the finished runs without training the rest. The product
+never reads this script's inputs: photos, the style network and the official checkout are given on the command line.
 """
 
 from __future__ import annotations
