@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from helpers import batch_list, fit_batches
 from helpers import tiny_cyclegan as tiny
@@ -312,3 +313,12 @@ def test_new_options_are_off_in_the_default_config(compose_cfg):
     assert cfg.model.discriminator.antialias is False and cfg.model.discriminator.spectral_norm is False
     assert cfg.model.diffaugment == "" and cfg.model.ema_decay == 0.0 and cfg.model.lambda_r1 == 0.0
     assert cfg.model.lambda_cycle_perceptual == 0.0 and cfg.model.lambda_identity_perceptual == 0.0
+
+
+def test_runner_up_preset_is_the_default_with_xavier_init(compose_cfg):
+    # experiment=official_init (docs/quality.md, issue 23's runner-up): one setting away from the default, no more.
+    default = OmegaConf.to_container(compose_cfg(tiny=False).model)
+    preset = OmegaConf.to_container(compose_cfg("experiment=official_init", tiny=False).model)
+    assert default["init_type"] == "normal" and preset["init_type"] == "xavier"
+    assert {k: v for k, v in preset.items() if default[k] != v} == {"init_type": "xavier"}
+    assert preset.keys() == default.keys()
