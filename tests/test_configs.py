@@ -353,8 +353,8 @@ def test_style_files_say_which_images_only():
 
 
 # `python train.py` as it trained before the sizes moved out of style/demo.yaml (composed on main, f8722ba),
-# except the schedule (5 + 5 epochs: 12 + 12 took 11 min 47 s on the slower machines) and the default recipe's VGG
-# content and style terms (issue 13, docs/quality.md).
+# except the schedule (5 + 5 epochs: 12 + 12 took 11 min 47 s on the slower machines), the default recipe's VGG
+# content and style terms (issue 13) and its resize up-sampling (issue 23; docs/quality.md).
 DEMO_MODEL = {
     "generator": {"arch": "resnet", "channels": 32, "n_blocks": 6, "norm": "instance", "upsample": "resize", "dropout": False,
                   "antialias": False},
