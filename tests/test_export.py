@@ -292,3 +292,17 @@ def test_export_of_a_checkpoint_written_before_the_reorganisation_is_byte_identi
             for k, v in tensors.items()
         }
         assert found == digests, role
+
+
+@pytest.mark.parametrize("arch", ["resnet", "johnson"])
+def test_resize_upsampling_exports_to_onnx_and_pt2(arch, tmp_path):
+    # `ResizeConv2d` (the default ResNet's and the Johnson network's up-sampler) traces with dynamic sizes; both
+    # exporters check parity with eager on odd sizes themselves and raise when it is not met.
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from stylegan_transfer.inference import onnx_pt2 as exporters
+
+    kwargs = {"channels": 4, "n_blocks": 1} | ({"upsample": "resize"} if arch == "resnet" else {})
+    generator = build_generator(arch, **kwargs).eval()
+    assert exporters.export_onnx(generator, tmp_path / "g.onnx") < 1e-4
+    assert exporters.export_pt2(generator, tmp_path / "g.pt2") < 1e-4

@@ -21,6 +21,7 @@ from helpers import (
     write_images,
 )
 from stylegan_transfer.inference.generator_file import load_generator, read_metadata
+from stylegan_transfer.layers import ResizeConv2d
 from stylegan_transfer.networks import GENERATORS, JohnsonGenerator, build_generator
 from stylegan_transfer.training.fast_style import FastStyleModule
 from stylegan_transfer.training.run import train
@@ -51,7 +52,7 @@ def test_johnson_network_layout_and_range():
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs[0].kernel_size == (9, 9) and convs[-1].kernel_size == (9, 9)
     assert [c.stride for c in convs[1:3]] == [(2, 2), (2, 2)]
-    assert sum(isinstance(m, torch.nn.Upsample) for m in net.modules()) == 2
+    assert sum(isinstance(m, ResizeConv2d) for m in net.modules()) == 2  # nearest x2 + conv, in one layer
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
     out = build_generator("johnson", **{k: v for k, v in TINY_J.items() if k != "arch"})(
         torch.randn(2, 3, 36, 44) * 3

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from stylegan_transfer.discriminators import DISCRIMINATORS, PatchDiscriminator, PixelDiscriminator
+from stylegan_transfer.layers import ResizeConv2d
 from stylegan_transfer.networks import (
     GENERATORS,
     ResnetGenerator,
@@ -100,3 +101,60 @@ def test_resize_upsampling_has_no_checkerboard_on_constant_input():
         y = net(x)[0, 0, 16:-16, 16:-16]  # centre, away from padding effects
         flat = (y - y.mean()).abs().max().item() < 1e-5
         assert flat == expect_flat, upsample
+
+
+def _three_layer_resize(conv: torch.nn.Conv2d) -> torch.nn.Sequential:
+    """The plain form `ResizeConv2d` replaces: nearest x2, reflect pad 1, 3x3 conv (weights shared)."""
+    return torch.nn.Sequential(
+        torch.nn.Upsample(scale_factor=2, mode="nearest"), torch.nn.ReflectionPad2d(1), conv
+    )
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 5, 4, 4), (1, 5, 7, 3), (1, 5, 1, 1)])
+def test_resize_conv_is_upsample_pad_conv(bias, shape):
+    # Same outputs and the same gradients for input, weight and bias, in float64 (odd sizes and 1x1 included).
+    torch.manual_seed(0)
+    layer = ResizeConv2d(5, 6, bias=bias).double()
+    plain = _three_layer_resize(torch.nn.Conv2d(5, 6, 3, bias=bias).double())
+    plain[2].load_state_dict(layer.state_dict())
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    y, y_plain = layer(x), plain(x)
+    assert y.shape == (shape[0], 6, 2 * shape[2], 2 * shape[3])
+    torch.testing.assert_close(y, y_plain, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(y)
+    params = [x, *layer.parameters()]
+    got = torch.autograd.grad(y, params, grad)
+    want = torch.autograd.grad(y_plain, [x, *plain[2].parameters()], grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+def test_resize_generator_keeps_the_three_layer_state_dict():
+    # Exports and checkpoints saved with Upsample/ReflectionPad2d/Conv2d load unchanged (strict) and translate
+    # the same: the fast layer sits at the plain conv's index.
+    torch.manual_seed(0)
+    net = ResnetGenerator(channels=4, n_blocks=2, upsample="resize")
+    plain = ResnetGenerator(channels=4, n_blocks=2, upsample="resize")
+    for index, module in enumerate(plain.model):
+        if isinstance(module, ResizeConv2d):
+            conv = torch.nn.Conv2d(module.in_channels, module.out_channels, 3, bias=module.bias is not None)
+            for offset, layer in enumerate(_three_layer_resize(conv)):
+                plain.model[index - 2 + offset] = layer
+    assert sum(isinstance(m, torch.nn.Upsample) for m in plain.modules()) == 2
+    assert list(plain.state_dict()) == list(net.state_dict())
+    net.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.randn(1, 3, 20, 28)
+    torch.testing.assert_close(net(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+def test_resize_conv_under_bf16_autocast_stays_close():
+    torch.manual_seed(0)
+    layer = ResizeConv2d(8, 4)
+    x = torch.randn(1, 8, 6, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    plain = _three_layer_resize(torch.nn.Conv2d(8, 4, 3))
+    plain[2].load_state_dict(layer.state_dict())
+    torch.testing.assert_close(y.float(), plain(x), rtol=0.05, atol=0.05)

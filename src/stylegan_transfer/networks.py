@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from stylegan_transfer.layers import BlurPool2d, BlurUpsample2d, Norm, norm_layer, uses_bias
+from stylegan_transfer.layers import BlurPool2d, BlurUpsample2d, Norm, ResizeConv2d, norm_layer, uses_bias
 
 Init = Literal["normal", "xavier", "kaiming", "orthogonal"]
 Upsample = Literal["transpose", "resize", "blur"]
@@ -48,12 +48,10 @@ def _upsample(in_ch: int, out_ch: int, *, mode: Upsample, bias: bool) -> list[nn
         return [nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=bias)]
     if mode == "resize":
         # Resize then convolve: avoids the checkerboard artefacts of strided transposed convolutions
-        # (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts").
-        return [
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(in_ch, out_ch, 3, bias=bias),
-        ]
+        # (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts"). Computed in one layer (`ResizeConv2d`);
+        # the two empty slots keep the indices, and so the state-dict keys, of the three-layer form
+        # (Upsample, ReflectionPad2d, Conv2d) that earlier exports and checkpoints were saved with.
+        return [nn.Identity(), nn.Identity(), ResizeConv2d(in_ch, out_ch, bias=bias)]
     if mode == "blur":
         # Fixed low-pass upsampling, then a stride-1 conv (the CUT code's generator, Zhang 2019).
         return [BlurUpsample2d(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)]
