@@ -112,6 +112,5 @@ class ResizeConv2d(nn.Conv2d):
         # phase (p, q) holds output pixels (2a + p, 2b + q) at y[:, p, q, :, a + p, b + q]
         cut = (slice(None, -1), slice(1, None))  # phase 0 drops the last row/column, phase 1 the first
         phases = torch.stack([y[:, p, q, :, cut[p], cut[q]] for p in (0, 1) for q in (0, 1)], dim=2)
-        return F.pixel_shuffle(
-            phases.flatten(1, 2), 2
-        )  # (B, out·4, H, W), phases innermost -> (B, out, 2H, 2W)
+        # (B, out, 4, H, W) -> (B, out·4, H, W), phases innermost -> (B, out, 2H, 2W)
+        return F.pixel_shuffle(phases.flatten(1, 2), 2)
