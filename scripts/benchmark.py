@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from stylegan_transfer.devices import cpu_name
 from stylegan_transfer.networks import build_generator, init_weights
 from stylegan_transfer.training.cyclegan import CycleGANModule
 from stylegan_transfer.training.launch import register_resolvers
@@ -714,17 +714,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    if device.type == "cpu":
-        try:
-            model = next(
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            )
-            name = f"{model} ({len(os.sched_getaffinity(0))} cores)"
-        except (OSError, StopIteration):
-            pass
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{cpu_name()} ({len(os.sched_getaffinity(0))} cores)"
     matmul_peaks = {
         "float32": matmul_peak_tflops(device, torch.float32, args.matmul_size),
         "bfloat16": matmul_peak_tflops(device, torch.bfloat16, args.matmul_size),

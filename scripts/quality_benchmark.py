@@ -37,7 +37,6 @@ import datetime as dt
 import importlib.util
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -54,6 +53,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from stylegan_transfer import atomic
+from stylegan_transfer.devices import cpu_name
 from stylegan_transfer.images import list_images, load_rgb, save_image, to_image, to_tensor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -433,7 +433,7 @@ def execute(run: Run, commands: list[list[str]], prior: dict, *, device: str = "
         "revision": revision,
         "commands": [shlex.join(c) for c in commands],
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs",
         "device": device_name(device),
     }
     atomic.write_text(run.record, json.dumps(record, indent=1))
@@ -837,7 +837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lpips, inception = load_lpips("vgg"), load_inception_features()
     header = (
-        f"{dt.date.today().isoformat()} · {platform.processor() or platform.machine()} · {os.cpu_count()} CPUs · "
+        f"{dt.date.today().isoformat()} · {cpu_name()} · {os.cpu_count()} CPUs · "
         f"torch {torch.__version__} · {args.epochs} epochs, batch 1, 64 px crops, ResNet-9 32 ch · seeds {args.seeds}"
         f"\n\n`python scripts/quality_benchmark.py {shlex.join(sys.argv[1:] if argv is None else list(argv))}`\n"
     )

@@ -1,7 +1,11 @@
-"""The one rule for choosing a device when the user says `auto` (CUDA, else Apple MPS, else the CPU), and the one
-rule for the CPU speed preset's precision (bf16 autocast only where the CPU has bf16 in hardware)."""
+"""The one rule for choosing a device when the user says `auto` (CUDA, else Apple MPS, else the CPU), the one
+rule for the CPU speed preset's precision (bf16 autocast only where the CPU has bf16 in hardware), and the CPU's
+name as benchmarks record it."""
 
 from __future__ import annotations
+
+import platform
+from pathlib import Path
 
 import torch
 
@@ -29,3 +33,17 @@ def cpu_precision() -> str:
     """The Lightning precision of the CPU speed preset (configs/perf/cpu.yaml): "bf16-mixed" on CPUs with native
     bf16, else "32-true"."""
     return "bf16-mixed" if native_bf16_cpu() else "32-true"
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name ("AMD EPYC 7B13", "Intel(R) Xeon(R) Processor"): `model name` of /proc/cpuinfo on Linux,
+    else what `platform` knows. Benchmarks record it beside their times: VMs of one size differ by CPU kind, and
+    times from two kinds are not one comparison."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
